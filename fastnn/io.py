@@ -1,0 +1,84 @@
+"""Saving and loading networks: fastnn's versioned format.
+
+A saved network is a NumPy ``.npz`` archive (a zip file; no pickles) with two
+members:
+
+- ``meta``: a 0-d unicode array holding JSON
+  ``{"format": "fastnn.Network", "version": 1, "sizes": [...],
+  "hidden": [...], "output": ..., "cost": ..., "dtype": "float32"|"float64",
+  "init": ..., "n_params": P, "fastnn_version": ...}``
+- ``params``: the flat parameter buffer, 1-D, of the network's dtype, stored
+  exactly (``W_0, b_0, W_1, b_1, ...``, each W row-major (out, in)).
+
+Saving writes a temporary file in the target's directory, flushes and fsyncs
+it, then renames it over the target, so a crash never leaves a half-written
+file. Loading checks every field and raises ValueError for a truncated, corrupt
+or foreign file.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "fastnn.Network"
+VERSION = 1
+
+
+def save(net, path):
+    """Save ``net`` to ``path`` atomically (the name is used exactly as given)."""
+    from fastnn import __version__
+    path = os.fspath(path)
+    meta = {"format": FORMAT, "version": VERSION, "sizes": list(net.sizes),
+            "hidden": list(net.hidden), "output": net.output, "cost": net.cost,
+            "dtype": net.dtype.name, "init": net.init, "n_params": int(net.n_params),
+            "fastnn_version": __version__}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)), params=net.params)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load(path):
+    """Load a network saved by ``Network.save``."""
+    from fastnn.network import Network
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No saved network at {path!r}.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if set(data.files) != {"meta", "params"}:
+                raise ValueError(f"members {sorted(data.files)} instead of ['meta', 'params']")
+            meta = json.loads(str(data["meta"][()]))
+            params = data["params"]
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, json.JSONDecodeError, UnicodeDecodeError,
+            ValueError, TypeError) as exc:
+        raise ValueError(f"{path!r} is not a readable fastnn network file ({type(exc).__name__}: "
+                         f"{exc}). It may be truncated, corrupt, or saved by another program.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a fastnn network file (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r}).")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{path!r} has format version {meta.get('version')!r}; this fastnn reads "
+                         f"version {VERSION}. Upgrade fastnn to load it.")
+    try:
+        net = Network(meta["sizes"], hidden=meta["hidden"], output=meta["output"], cost=meta["cost"],
+                      dtype=meta["dtype"], init=meta.get("init", "default"), seed=0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path!r} describes an invalid network: {exc}") from None
+    if params.ndim != 1 or params.shape != net.params.shape or params.dtype != net.dtype:
+        raise ValueError(f"{path!r} holds parameters of shape {params.shape} and dtype {params.dtype}; "
+                         f"the network {list(net.sizes)} ({net.dtype}) needs {net.params.shape}.")
+    net.params[:] = params
+    return net

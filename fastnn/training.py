@@ -1,0 +1,249 @@
+"""The training loop: epochs of mini-batch steps, monitoring and callbacks.
+
+Each epoch draws a permutation of the samples from a NumPy Generator seeded by
+``seed`` (the same one for both engines), then runs the mini-batch steps in the
+kernel (``fastnn._core.train_steps``): gather the rows, forward, backward, one
+fused update. The last partial batch is trained. Python is entered once per
+epoch, or every ``progress_every`` samples when a callback asks for progress.
+
+If a step makes a parameter non-finite, the epoch is replayed from its start
+up to the step before (the kernels are deterministic), so the network and the
+optimizer keep the state of the last finite step, and ``TrainingDiverged`` is
+raised with the history so far.
+"""
+import time
+
+import numpy as np
+
+from fastnn import reference
+from fastnn._kernels import _core
+from fastnn._validation import check_int, check_real, check_seed, check_X
+from fastnn.optimizers import SGD
+
+
+class TrainingDiverged(FloatingPointError):
+    """A step made the parameters non-finite (or the monitored cost is not finite).
+
+    The network keeps its parameters of the last finite step; ``history``
+    holds the epochs completed before.
+    """
+
+    def __init__(self, message, *, epoch, step, history):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.history = history
+
+
+class History:
+    """Per-epoch record of a ``fit``: lists indexed by epoch.
+
+    Keys: ``epoch``, ``train_cost``, ``train_accuracy``, ``val_cost``,
+    ``val_accuracy`` (None where not monitored), ``seconds`` (training time of
+    the epoch, monitoring excluded).
+    """
+
+    KEYS = ("epoch", "train_cost", "train_accuracy", "val_cost", "val_accuracy", "seconds")
+
+    def __init__(self):
+        for k in self.KEYS:
+            setattr(self, k, [])
+        self.stopped_early = False
+
+    def _append(self, **row):
+        for k in self.KEYS:
+            getattr(self, k).append(row.get(k))
+
+    def __getitem__(self, key):
+        if key not in self.KEYS:
+            raise KeyError(f"{key!r}; History keys are {self.KEYS}")
+        return getattr(self, key)
+
+    def __len__(self):
+        return len(self.epoch)
+
+    def as_dict(self):
+        return {k: list(getattr(self, k)) for k in self.KEYS}
+
+    def __repr__(self):
+        return f"History(epochs={len(self)}, last={ {k: self[k][-1] for k in self.KEYS} if len(self) else None})"
+
+
+class Callback:
+    """Base class for fit callbacks; override what you need.
+
+    ``on_epoch_end(history)`` runs after every epoch; return True to stop.
+    ``on_progress(epoch, samples_done, n_samples)`` runs within an epoch every
+    ``progress_every`` samples (only if overridden, so the loop pays nothing
+    otherwise). A plain function is taken as ``on_epoch_end``.
+    """
+
+    def on_epoch_end(self, history):
+        return False
+
+    def on_progress(self, epoch, samples_done, n_samples):
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_accuracy", patience=10, min_delta=0.0):
+        if monitor not in History.KEYS[1:5]:
+            raise ValueError(f"The 'monitor' parameter of EarlyStopping must be one of "
+                             f"{History.KEYS[1:5]}. Got {monitor!r} instead.")
+        self.monitor = monitor
+        self.patience = check_int(patience, "patience", owner="EarlyStopping", low=1)
+        self.min_delta = check_real(min_delta, "min_delta", owner="EarlyStopping", low=0.0)
+        self._best, self._wait = None, 0
+
+    def on_epoch_end(self, history):
+        value = history[self.monitor][-1]
+        if value is None:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not record "
+                             f"(pass validation_data / monitor_training=True).")
+        better = (value > self._best + self.min_delta if "accuracy" in self.monitor
+                  else value < self._best - self.min_delta) if self._best is not None else True
+        if better:
+            self._best, self._wait = value, 0
+            return False
+        self._wait += 1
+        return self._wait >= self.patience
+
+
+def _split_callbacks(callbacks):
+    if callbacks is None:
+        callbacks = ()
+    if callable(callbacks) or isinstance(callbacks, Callback):
+        callbacks = (callbacks,)
+    ends, progress = [], []
+    for cb in callbacks:
+        if isinstance(cb, Callback) or hasattr(cb, "on_epoch_end") or hasattr(cb, "on_progress"):
+            if hasattr(cb, "on_epoch_end"):
+                ends.append(cb.on_epoch_end)
+            op = getattr(type(cb), "on_progress", None)
+            if op is not None and op is not Callback.on_progress:
+                progress.append(cb.on_progress)
+        elif callable(cb):
+            ends.append(cb)
+        else:
+            raise TypeError(f"The 'callbacks' parameter must hold callables or Callback objects. "
+                            f"Got {cb!r} instead.")
+    return ends, progress
+
+
+def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, validation_data=None,
+        shuffle=True, seed=None, callbacks=(), monitor_training=True, progress_every=4096,
+        engine="cython", verbose=False):
+    """Train ``net`` in place; returns a History.
+
+    Parameters
+    ----------
+    X : (n, sizes[0]) array; y : labels (n,) or targets (n, sizes[-1]).
+    epochs : int >= 0; batch_size : int >= 1 (the last partial batch is trained).
+    optimizer : SGD (default ``SGD(eta=0.1)``); its velocity carries over to the
+        next fit of the same network.
+    lmbda : L2 parameter >= 0; the update uses ``lmbda / n`` with n = len(X).
+    validation_data : (X_val, y_val) monitored after every epoch.
+    shuffle, seed : draw a new permutation every epoch from ``default_rng(seed)``.
+    callbacks : see ``Callback``; monitor_training : evaluate cost and accuracy
+        on the whole training set after each epoch (not counted in ``seconds``).
+    engine : 'cython' (the kernels) or 'numpy' (the reference, same results).
+    verbose : print one line per epoch.
+    """
+    from fastnn.network import check_engine
+    check_engine(engine)
+    epochs = check_int(epochs, "epochs", low=0)
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    progress_every = check_int(progress_every, "progress_every", low=1)
+    lmbda = check_real(lmbda, "lmbda", low=0.0)
+    seed = check_seed(seed)
+    if optimizer is None:
+        optimizer = SGD()
+    if not isinstance(optimizer, SGD):
+        raise TypeError(f"The 'optimizer' parameter must be a fastnn.SGD instance. "
+                        f"Got {optimizer!r} instead.")
+    X, Y, labels = net._check_Xy(X, y)
+    val = None
+    if validation_data is not None:
+        try:
+            Xv, yv = validation_data
+        except (TypeError, ValueError):
+            raise ValueError("The 'validation_data' parameter must be a pair (X_val, y_val).") from None
+        val = net._check_Xy(check_X(Xv, net.sizes[0], net.dtype, name="validation_data[0]"), yv)
+    ends, progress = _split_callbacks(callbacks)
+
+    n = X.shape[0]
+    l2 = lmbda / n
+    rng = np.random.default_rng(seed)
+    params = net.params
+    vel = optimizer._state_for(net)
+    grad = np.empty_like(params)
+    eta, mu, nesterov = optimizer.eta, optimizer.momentum, optimizer.nesterov
+    if engine == "cython":
+        work = np.empty(_core.workspace_size(net._sizes_c, min(batch_size, n)), dtype=net.dtype)
+
+        def steps(perm, start, stop):
+            return _core.train_steps(net._sizes_c, net._acts_c, net._cost_c, params, grad, vel,
+                                     X, Y, labels, perm, batch_size, start, stop, work,
+                                     eta, mu, l2, nesterov)
+    else:
+        def steps(perm, start, stop):
+            return reference.train_steps(net, params, grad, vel, X, Y, labels, perm, batch_size,
+                                         start, stop, eta, mu, l2, nesterov)
+
+    chunk = n if not progress else max(1, progress_every // batch_size) * batch_size
+    history = History()
+    ordered = np.arange(n, dtype=np.intp)
+    for epoch in range(epochs):
+        perm = rng.permutation(n).astype(np.intp) if shuffle else ordered
+        saved_params, saved_vel = params.copy(), vel.copy()
+        t0 = time.perf_counter()
+        start = 0
+        while start < n:
+            stop = min(n, start + chunk)
+            done, finite = steps(perm, start, stop)
+            if not finite:
+                bad = start + (done - 1) * batch_size  # first sample of the breaking step
+                params[:] = saved_params
+                vel[:] = saved_vel
+                if bad > 0:
+                    steps(perm, 0, bad)
+                raise TrainingDiverged(
+                    f"Training diverged in epoch {epoch} at mini-batch {bad // batch_size}: the update "
+                    f"made parameters non-finite. The network keeps the parameters of the last finite "
+                    f"step; try a smaller eta (was {eta}) or momentum (was {mu}).",
+                    epoch=epoch, step=bad // batch_size, history=history)
+            start = stop
+            for cb in progress:
+                cb(epoch, start, n)
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "seconds": seconds}
+        if monitor_training:
+            row["train_cost"], row["train_accuracy"], _ = net._evaluate(X, Y, labels, lmbda, False)
+        if val is not None:
+            row["val_cost"], row["val_accuracy"], _ = net._evaluate(*val, lmbda, False)
+        for key in ("train_cost", "val_cost"):
+            if row.get(key) is not None and not np.isfinite(row[key]):
+                raise TrainingDiverged(
+                    f"Training diverged in epoch {epoch}: the monitored {key} is {row[key]}. The "
+                    f"network keeps the parameters at the end of that epoch; try a smaller eta "
+                    f"(was {eta}).", epoch=epoch, step=None, history=history)
+        history._append(**row)
+        if verbose:
+            print(_format_row(row), flush=True)
+        stop_now = False
+        for cb in ends:
+            stop_now = bool(cb(history)) or stop_now
+        if stop_now:
+            history.stopped_early = True
+            break
+    return history
+
+
+def _format_row(row):
+    parts = [f"epoch {row['epoch']:>3}", f"{row['seconds']:.3f}s"]
+    for key in ("train_cost", "train_accuracy", "val_cost", "val_accuracy"):
+        if row.get(key) is not None:
+            parts.append(f"{key} {row[key]:.4f}")
+    return "  ".join(parts)

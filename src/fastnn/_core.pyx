@@ -1,0 +1,567 @@
+"""fastnn's kernels: forward, backward, fused updates and the epoch loop.
+
+Layout (see DESIGN.md). A network has L layers with widths ``sizes[0..L]``.
+Layer l (0-based) maps ``sizes[l]`` inputs to ``sizes[l+1]`` outputs; its
+weights ``W_l`` (shape ``(sizes[l+1], sizes[l])``, row-major) and biases
+``b_l`` (shape ``(sizes[l+1],)``) lie one after the other in the flat
+parameter buffer, in the order ``W_0, b_0, W_1, b_1, ...``. Gradients and
+velocities share that layout. Samples are rows.
+
+For a batch of m rows the forward pass is ``A_0 = X``,
+``A_{l+1} = f_l(A_l W_l^T + b_l)``. The backward pass uses the deltas
+``D_l = dC/dZ_l`` (already scaled by the 1/m of the mean):
+``D_L`` from the cost, ``D_l = (D_{l+1} W_l) * f'_{l-1}(A_l)``,
+``dC/dW_l = D_{l+1}^T A_l``, ``dC/db_l = sum_rows D_{l+1}``. Every
+derivative is written in terms of the activation a, so the pre-activations
+are never stored: sigmoid' = a(1-a), tanh' = 1-a^2, relu' = [a > 0].
+
+Workspace for m rows, one buffer of the network's dtype, in this order::
+
+    X0   (m, sizes[0])      gathered input rows (training only)
+    A_l  (m, sizes[l])      l = 1..L
+    D_l  (m, sizes[l])      l = 1..L
+    Z_L  (m, sizes[L])      output pre-activations (evaluation only)
+
+``workspace_size(sizes, m)`` gives its length. Kernels trust their inputs:
+validation happens once, in the Python layer.
+"""
+from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, fabs
+from libc.string cimport memcpy
+
+import numpy as np
+
+from fastnn._blas cimport floating, gemm_rm, NoTrans, Trans
+
+
+cdef enum:
+    MAX_LAYERS = 256
+
+# Activation and cost codes; fastnn/activations.py and fastnn/costs.py hold
+# the same numbers in their registries.
+cdef enum:
+    ACT_IDENTITY = 0
+    ACT_SIGMOID = 1
+    ACT_TANH = 2
+    ACT_RELU = 3
+    ACT_SOFTMAX = 4
+
+cdef enum:
+    COST_QUADRATIC = 0
+    COST_CROSS_ENTROPY = 1
+    COST_LOG_LIKELIHOOD = 2
+
+MAX_LAYER_COUNT = MAX_LAYERS
+
+
+cdef struct Net:
+    int L                       # number of weight layers
+    int sizes[MAX_LAYERS + 1]
+    int acts[MAX_LAYERS]        # activation of layer l's output
+    int cost
+    Py_ssize_t woff[MAX_LAYERS] # offset of W_l in params (b_l follows W_l)
+    Py_ssize_t cum[MAX_LAYERS + 2]  # cum[l] = sizes[1] + ... + sizes[l-1]
+
+
+cdef int make_net(Net* net, const int[::1] sizes, const int[::1] acts,
+                  int cost) except -1:
+    cdef Py_ssize_t L = sizes.shape[0] - 1
+    cdef Py_ssize_t l, off = 0
+    if L < 1 or L > MAX_LAYERS or acts.shape[0] != L:
+        raise ValueError(f"kernel: bad network spec (layers={L})")
+    net.L = <int>L
+    net.cost = cost
+    for l in range(L + 1):
+        net.sizes[l] = sizes[l]
+    net.cum[0] = 0
+    net.cum[1] = 0
+    for l in range(L):
+        net.acts[l] = acts[l]
+        net.woff[l] = off
+        off += <Py_ssize_t>sizes[l + 1] * (sizes[l] + 1)
+        net.cum[l + 2] = net.cum[l + 1] + sizes[l + 1]
+    return 0
+
+
+def workspace_size(const int[::1] sizes, Py_ssize_t m):
+    """Length of the workspace for ``m`` rows (see the module docstring)."""
+    cdef Py_ssize_t hidden = 0, l
+    for l in range(1, sizes.shape[0]):
+        hidden += sizes[l]
+    return m * (sizes[0] + 2 * hidden + sizes[sizes.shape[0] - 1])
+
+
+# ---------------------------------------------------------------- helpers
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+cdef inline floating _log(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating* act_ptr(const Net* net, floating* work, Py_ssize_t m,
+                              int l) noexcept nogil:
+    """A_l for l >= 1."""
+    return work + m * (net.sizes[0] + net.cum[l])
+
+
+cdef inline floating* delta_ptr(const Net* net, floating* work, Py_ssize_t m,
+                                int l) noexcept nogil:
+    """D_l for l >= 1."""
+    return work + m * (net.sizes[0] + net.cum[net.L + 1] + net.cum[l])
+
+
+cdef inline floating* zout_ptr(const Net* net, floating* work,
+                               Py_ssize_t m) noexcept nogil:
+    return work + m * (net.sizes[0] + 2 * net.cum[net.L + 1])
+
+
+# ---------------------------------------------------------------- forward
+
+cdef void bias_activate(int code, floating* Z, const floating* b,
+                        Py_ssize_t m, Py_ssize_t n,
+                        floating* zout) noexcept nogil:
+    """Z[i, :] = f(Z[i, :] + b) in place; zout (if not NULL) gets Z + b."""
+    cdef Py_ssize_t i, j
+    cdef floating v, mx, s
+    cdef floating* z
+    for i in range(m):
+        z = Z + i * n
+        if zout != NULL:
+            for j in range(n):
+                z[j] = z[j] + b[j]
+                zout[i * n + j] = z[j]
+        else:
+            for j in range(n):
+                z[j] = z[j] + b[j]
+        if code == ACT_SIGMOID:
+            for j in range(n):
+                z[j] = 1 / (1 + _exp(-z[j]))
+        elif code == ACT_TANH:
+            for j in range(n):
+                z[j] = _tanh(z[j])
+        elif code == ACT_RELU:
+            for j in range(n):
+                # keeps NaN as NaN (the comparison is false), so divergence shows
+                if z[j] < 0:
+                    z[j] = 0
+        elif code == ACT_SOFTMAX:
+            mx = z[0]
+            for j in range(1, n):
+                if z[j] > mx:
+                    mx = z[j]
+            s = 0
+            for j in range(n):
+                v = _exp(z[j] - mx)
+                z[j] = v
+                s = s + v
+            s = 1 / s
+            for j in range(n):
+                z[j] = z[j] * s
+
+
+cdef void forward(const Net* net, const floating* params, const floating* A0,
+                  floating* work, Py_ssize_t m, bint keep_z) noexcept nogil:
+    """A_1..A_L for the m rows of A0 (row stride sizes[0])."""
+    cdef int l
+    cdef int n_in, n_out
+    cdef const floating* A = A0
+    cdef floating* Z
+    cdef const floating* W
+    for l in range(net.L):
+        n_in = net.sizes[l]
+        n_out = net.sizes[l + 1]
+        W = params + net.woff[l]
+        Z = act_ptr(net, work, m, l + 1)
+        # Z = A W^T  (row-major (m, n_in) x (n_in, n_out))
+        gemm_rm(NoTrans, Trans, <int>m, n_out, n_in, <floating>1.0, A, n_in,
+                W, n_in, <floating>0.0, Z, n_out)
+        bias_activate(net.acts[l], Z, W + <Py_ssize_t>n_out * n_in, m, n_out,
+                      zout_ptr(net, work, m) if (keep_z and l == net.L - 1) else NULL)
+        A = Z
+
+
+# ---------------------------------------------------------------- backward
+
+cdef inline floating target(const floating* Y, const Py_ssize_t* labels,
+                            Py_ssize_t row, Py_ssize_t j, Py_ssize_t n_out) noexcept nogil:
+    """y_j of a row: from the target matrix, or one-hot from the label."""
+    if Y != NULL:
+        return Y[row * n_out + j]
+    if n_out == 1:
+        return <floating>labels[row]
+    return 1 if labels[row] == j else 0
+
+
+cdef void output_delta(const Net* net, floating* work, Py_ssize_t m,
+                       const floating* Y, const Py_ssize_t* labels,
+                       const Py_ssize_t* idx, floating scale) noexcept nogil:
+    """D_L = scale * dC0/dZ_L for each of the m rows.
+
+    Row i of the batch is sample ``idx[i]`` (or i when idx is NULL) of Y or labels.
+    Matching pairs (sigmoid + cross-entropy, softmax + log-likelihood) give
+    ``a - y``; the quadratic cost gives ``(a - y) f'(z)`` (for softmax, the
+    Jacobian product ``a * (r - <r, a>)``).
+    """
+    cdef int L = net.L
+    cdef Py_ssize_t n = net.sizes[L]
+    cdef int code = net.acts[L - 1]
+    cdef floating* A = act_ptr(net, work, m, L)
+    cdef floating* D = delta_ptr(net, work, m, L)
+    cdef Py_ssize_t i, j, row
+    cdef floating a, r, s
+    for i in range(m):
+        row = idx[i] if idx != NULL else i
+        for j in range(n):
+            D[i * n + j] = scale * (A[i * n + j] - target(Y, labels, row, j, n))
+        if net.cost != COST_QUADRATIC:
+            continue
+        if code == ACT_SIGMOID:
+            for j in range(n):
+                a = A[i * n + j]
+                D[i * n + j] *= a * (1 - a)
+        elif code == ACT_TANH:
+            for j in range(n):
+                a = A[i * n + j]
+                D[i * n + j] *= 1 - a * a
+        elif code == ACT_RELU:
+            for j in range(n):
+                if not (A[i * n + j] > 0):
+                    D[i * n + j] = 0
+        elif code == ACT_SOFTMAX:
+            s = 0
+            for j in range(n):
+                s = s + D[i * n + j] * A[i * n + j]
+            for j in range(n):
+                D[i * n + j] = A[i * n + j] * (D[i * n + j] - s)
+
+
+cdef void times_derivative(int code, floating* D, const floating* A,
+                           Py_ssize_t count) noexcept nogil:
+    """D *= f'(z), with f' written in terms of a = f(z)."""
+    cdef Py_ssize_t i
+    if code == ACT_SIGMOID:
+        for i in range(count):
+            D[i] = D[i] * (A[i] * (1 - A[i]))
+    elif code == ACT_TANH:
+        for i in range(count):
+            D[i] = D[i] * (1 - A[i] * A[i])
+    elif code == ACT_RELU:
+        for i in range(count):
+            if not (A[i] > 0):
+                D[i] = 0
+
+
+cdef void backward(const Net* net, const floating* params, floating* grad,
+                   const floating* A0, floating* work, Py_ssize_t m,
+                   bint accumulate) noexcept nogil:
+    """grad (+)= dC/dparams from D_L; D_L must be set. Never computes D_0."""
+    cdef int l
+    cdef Py_ssize_t i, j
+    cdef int n_in, n_out
+    cdef const floating* A
+    cdef floating* D
+    cdef floating* gW
+    cdef floating* gb
+    cdef const floating* W
+    cdef floating beta = 1 if accumulate else 0
+    for l in range(net.L - 1, -1, -1):
+        n_in = net.sizes[l]
+        n_out = net.sizes[l + 1]
+        A = A0 if l == 0 else act_ptr(net, work, m, l)
+        D = delta_ptr(net, work, m, l + 1)
+        W = params + net.woff[l]
+        gW = grad + net.woff[l]
+        gb = gW + <Py_ssize_t>n_out * n_in
+        # gW = D^T A  ((n_out, m) x (m, n_in))
+        gemm_rm(Trans, NoTrans, n_out, n_in, <int>m, <floating>1.0, D, n_out,
+                A, n_in, beta, gW, n_in)
+        if not accumulate:
+            for j in range(n_out):
+                gb[j] = 0
+        for i in range(m):
+            for j in range(n_out):
+                gb[j] = gb[j] + D[i * n_out + j]
+        if l > 0:
+            # D_l = (D_{l+1} W_l) * f'(A_l)
+            gemm_rm(NoTrans, NoTrans, <int>m, n_in, n_out, <floating>1.0, D, n_out,
+                    W, n_in, <floating>0.0, delta_ptr(net, work, m, l), n_in)
+            times_derivative(net.acts[l - 1], delta_ptr(net, work, m, l), A,
+                             m * n_in)
+
+
+# ---------------------------------------------------------------- updates
+
+cdef int update_segment(floating* p, const floating* g, floating* v,
+                        Py_ssize_t n, floating eta, floating mu, floating l2,
+                        bint nesterov) noexcept nogil:
+    """One pass over a segment; returns 1 if a new value is not finite.
+
+    plain (mu == 0): p = (1 - eta l2) p - eta g
+    momentum:        v = mu v - eta (g + l2 p);  p = p + v
+    Nesterov:        v = mu v - eta (g + l2 p);  p = p + (mu v - eta (g + l2 p))
+    """
+    cdef Py_ssize_t i
+    cdef floating w, vi, gg
+    cdef floating c = 1 - eta * l2
+    cdef int bad = 0
+    if mu == 0:
+        for i in range(n):
+            w = c * p[i] - eta * g[i]
+            p[i] = w
+            bad |= (w - w != 0)
+    elif not nesterov:
+        for i in range(n):
+            vi = mu * v[i] - eta * (g[i] + l2 * p[i])
+            v[i] = vi
+            w = p[i] + vi
+            p[i] = w
+            bad |= (w - w != 0)
+    else:
+        for i in range(n):
+            gg = g[i] + l2 * p[i]
+            vi = mu * v[i] - eta * gg
+            v[i] = vi
+            w = p[i] + (mu * vi - eta * gg)
+            p[i] = w
+            bad |= (w - w != 0)
+    return bad
+
+
+cdef int sgd_update(const Net* net, floating* params, const floating* grad,
+                    floating* vel, floating eta, floating mu, floating l2,
+                    bint nesterov) noexcept nogil:
+    """The fused update over the whole buffer; L2 on weights only.
+
+    Returns 1 if any new parameter is not finite."""
+    cdef int l, bad = 0
+    cdef Py_ssize_t nw, off
+    for l in range(net.L):
+        off = net.woff[l]
+        nw = <Py_ssize_t>net.sizes[l + 1] * net.sizes[l]
+        bad |= update_segment(params + off, grad + off, vel + off, nw,
+                              eta, mu, l2, nesterov)
+        bad |= update_segment(params + off + nw, grad + off + nw,
+                              vel + off + nw, net.sizes[l + 1],
+                              eta, mu, <floating>0.0, nesterov)
+    return bad
+
+
+# ---------------------------------------------------------------- cost
+
+cdef inline double softplus(double z) noexcept nogil:
+    """ln(1 + e^z), stable for large |z|."""
+    return (z if z > 0 else 0.0) + log1p(exp(-fabs(z)))
+
+
+cdef double row_cost(const Net* net, const floating* z, const floating* a,
+                     const floating* Y, const Py_ssize_t* labels,
+                     Py_ssize_t row) noexcept nogil:
+    """C0 of one sample, from the output pre-activations z and activations a.
+
+    cross-entropy: sum_j softplus(z_j) - y_j z_j  (= -[y ln a + (1-y) ln(1-a)])
+    log-likelihood: sum_j y_j (logsumexp(z) - z_j)  (= -ln a_y for labels)
+    quadratic: 1/2 ||a - y||^2
+    """
+    cdef Py_ssize_t n = net.sizes[net.L]
+    cdef Py_ssize_t j
+    cdef double c = 0, d, y, mx, lse
+    if net.cost == COST_QUADRATIC:
+        for j in range(n):
+            d = a[j] - target(Y, labels, row, j, n)
+            c += 0.5 * d * d
+    elif net.cost == COST_CROSS_ENTROPY:
+        for j in range(n):
+            c += softplus(z[j]) - target(Y, labels, row, j, n) * z[j]
+    else:
+        mx = z[0]
+        for j in range(1, n):
+            if z[j] > mx:
+                mx = z[j]
+        lse = 0
+        for j in range(n):
+            lse += exp(z[j] - mx)
+        lse = mx + log(lse)
+        if Y == NULL:
+            c = lse - z[labels[row]]
+        else:
+            for j in range(n):
+                y = Y[row * n + j]
+                if y != 0:
+                    c += y * (lse - z[j])
+    return c
+
+
+cdef inline Py_ssize_t argmax(const floating* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j, best = 0
+    for j in range(1, n):
+        if a[j] > a[best]:
+            best = j
+    return best
+
+
+cdef inline Py_ssize_t row_class(const floating* a, Py_ssize_t n) noexcept nogil:
+    if n == 1:
+        return 1 if a[0] > 0.5 else 0
+    return argmax(a, n)
+
+
+cdef Py_ssize_t true_class(const floating* Y, const Py_ssize_t* labels,
+                           Py_ssize_t row, Py_ssize_t n) noexcept nogil:
+    if Y == NULL:
+        return labels[row]
+    return row_class(Y + row * n, n)
+
+
+# ---------------------------------------------------------------- Python API
+
+cdef inline const floating* opt_ptr2(const floating[:, ::1] Y) noexcept nogil:
+    return &Y[0, 0] if Y.shape[0] > 0 else NULL
+
+
+cdef inline const Py_ssize_t* opt_labels(const Py_ssize_t[::1] labels) noexcept nogil:
+    return &labels[0] if labels.shape[0] > 0 else NULL
+
+
+def feedforward(const int[::1] sizes, const int[::1] acts, int cost,
+                const floating[::1] params, const floating[:, ::1] X,
+                floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk):
+    """out = network output for every row of X, ``chunk`` rows at a time.
+
+    ``work`` holds at least ``workspace_size(sizes, chunk)`` elements.
+    """
+    cdef Net net
+    make_net(&net, sizes, acts, cost)
+    cdef Py_ssize_t n = X.shape[0], n0 = net.sizes[0], nL = net.sizes[net.L]
+    cdef Py_ssize_t s, m
+    with nogil:
+        s = 0
+        while s < n:
+            m = min(chunk, n - s)
+            forward(&net, &params[0], &X[s, 0], &work[0], m, False)
+            memcpy(&out[s, 0], act_ptr(&net, &work[0], m, net.L),
+                   m * nL * sizeof(floating))
+            s += m
+    return np.asarray(out)
+
+
+def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
+             floating[::1] params, const floating[:, ::1] X,
+             const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
+             floating[::1] grad, floating[::1] work, Py_ssize_t chunk,
+             bint want_grad, bint want_accuracy):
+    """Total C0 over all rows (a sum, not a mean), correct-class count, and
+    optionally ``grad = (1/n) sum_x dC0_x/dparams`` (overwritten).
+
+    Targets come from ``Y`` (n, n_out) or, when Y has no rows, ``labels``.
+    Returns ``(cost_sum, n_correct)``.
+    """
+    cdef Net net
+    make_net(&net, sizes, acts, cost)
+    cdef Py_ssize_t n = X.shape[0], nL = net.sizes[net.L]
+    cdef Py_ssize_t s, m, i
+    cdef double total = 0
+    cdef Py_ssize_t correct = 0
+    cdef const floating* Yp = opt_ptr2(Y)
+    cdef const Py_ssize_t* lp = opt_labels(labels)
+    cdef floating* wk = &work[0]
+    cdef floating* A
+    cdef floating* Z
+    cdef floating scale = (1.0 / n) if n > 0 else 0.0
+    with nogil:
+        s = 0
+        while s < n:
+            m = min(chunk, n - s)
+            forward(&net, &params[0], &X[s, 0], wk, m, True)
+            A = act_ptr(&net, wk, m, net.L)
+            Z = zout_ptr(&net, wk, m)
+            for i in range(m):
+                total += row_cost(&net, Z + i * nL, A + i * nL,
+                                  Yp, lp, s + i)
+                if want_accuracy:
+                    correct += (row_class(A + i * nL, nL)
+                                == true_class(Yp, lp, s + i, nL))
+            if want_grad:
+                output_delta(&net, wk, m,
+                             Yp + s * nL if Yp != NULL else NULL,
+                             lp + s if lp != NULL else NULL, NULL, scale)
+                backward(&net, &params[0], &grad[0], &X[s, 0], wk, m, s > 0)
+            s += m
+    return total, correct
+
+
+def sgd_step(const int[::1] sizes, const int[::1] acts, int cost,
+             floating[::1] params, const floating[::1] grad, floating[::1] vel,
+             double eta, double mu, double l2, bint nesterov):
+    """The fused update on the whole buffer (test twin of the training path).
+
+    Returns True when every new parameter is finite."""
+    cdef Net net
+    make_net(&net, sizes, acts, cost)
+    cdef int bad
+    with nogil:
+        bad = sgd_update(&net, &params[0], &grad[0], &vel[0], <floating>eta,
+                         <floating>mu, <floating>l2, nesterov)
+    return bad == 0
+
+
+def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
+                floating[::1] params, floating[::1] grad, floating[::1] vel,
+                const floating[:, ::1] X, const floating[:, ::1] Y,
+                const Py_ssize_t[::1] labels, const Py_ssize_t[::1] perm,
+                Py_ssize_t batch_size, Py_ssize_t start, Py_ssize_t stop,
+                floating[::1] work, double eta, double mu, double l2,
+                bint nesterov):
+    """Mini-batch steps over the samples ``perm[start:stop]``.
+
+    Each step gathers the next ``batch_size`` rows (fewer for the last one),
+    runs forward and backward with the mean gradient ``g`` of the batch into
+    ``grad`` and applies the fused update (see ``update_segment``) with
+    ``l2 = lmbda / n``. Stops after the first step whose new parameters are
+    not finite. Returns ``(steps_done, finite)``; when ``finite`` is False the
+    last step done is the one that broke the parameters.
+    """
+    cdef Net net
+    make_net(&net, sizes, acts, cost)
+    cdef Py_ssize_t n0 = net.sizes[0]
+    cdef Py_ssize_t s, m, i, steps = 0
+    cdef const floating* Yp = opt_ptr2(Y)
+    cdef const Py_ssize_t* lp = opt_labels(labels)
+    cdef floating* wk = &work[0]
+    cdef const floating* Xp = &X[0, 0]
+    cdef const Py_ssize_t* pp = &perm[0]
+    cdef int bad = 0
+    with nogil:
+        s = start
+        while s < stop:
+            m = min(batch_size, stop - s)
+            for i in range(m):
+                memcpy(wk + i * n0, Xp + pp[s + i] * n0, n0 * sizeof(floating))
+            forward(&net, &params[0], wk, wk, m, False)
+            output_delta(&net, wk, m, Yp, lp, pp + s, <floating>(1.0 / m))
+            backward(&net, &params[0], &grad[0], wk, wk, m, False)
+            bad = sgd_update(&net, &params[0], &grad[0], &vel[0], <floating>eta,
+                             <floating>mu, <floating>l2, nesterov)
+            steps += 1
+            s += m
+            if bad:
+                break
+    return steps, bad == 0
