@@ -34,9 +34,9 @@ cdef floating dot(int n, const floating* x, const floating* y) noexcept nogil:
         return ddot(&n, <double*>x, &one, <double*>y, &one)
 
 
-def gemm_memview(str trans_a, str trans_b, floating alpha,
+def gemm_memview(str trans_a, str trans_b, double alpha,
                  const floating[:, ::1] A, const floating[:, ::1] B,
-                 floating beta, floating[:, ::1] C):
+                 double beta, floating[:, ::1] C):
     """Test twin of ``gemm_rm``: ``C = alpha op(A) op(B) + beta C`` in place.
 
     ``trans_a`` / ``trans_b`` are ``"n"`` or ``"t"``.
@@ -53,6 +53,6 @@ def gemm_memview(str trans_a, str trans_b, floating alpha,
     if (B.shape[0] if tb == Trans else B.shape[1]) != n:
         raise ValueError("op(B) columns must equal C columns")
     with nogil:
-        gemm_rm(ta, tb, m, n, k, alpha, &A[0, 0], <int>A.shape[1],
-                &B[0, 0], <int>B.shape[1], beta, &C[0, 0], n)
+        gemm_rm(ta, tb, m, n, k, <floating>alpha, &A[0, 0], <int>A.shape[1],
+                &B[0, 0], <int>B.shape[1], <floating>beta, &C[0, 0], n)
     return np.asarray(C)

@@ -33,6 +33,16 @@ import numpy as np
 from fastnn._blas cimport floating, gemm_rm, NoTrans, Trans
 
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FASTNN_PREFETCH(p) __builtin_prefetch((p), 0, 2)
+    #else
+    #define FASTNN_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void FASTNN_PREFETCH(const void* p) noexcept nogil
+
 cdef enum:
     MAX_LAYERS = 256
 
@@ -315,6 +325,10 @@ cdef int update_segment(floating* p, const floating* g, floating* v,
                         bint nesterov) noexcept nogil:
     """One pass over a segment; returns 1 if a new value is not finite.
 
+    Finiteness is tracked as ``chk = sum(w - w)`` over the new values: every
+    term is 0 for a finite w and NaN otherwise, so chk is exactly 0 or NaN in
+    any order of summation, and the loop still vectorizes.
+
     plain (mu == 0): p = (1 - eta l2) p - eta g
     momentum:        v = mu v - eta (g + l2 p);  p = p + v
     Nesterov:        v = mu v - eta (g + l2 p);  p = p + (mu v - eta (g + l2 p))
@@ -322,19 +336,19 @@ cdef int update_segment(floating* p, const floating* g, floating* v,
     cdef Py_ssize_t i
     cdef floating w, vi, gg
     cdef floating c = 1 - eta * l2
-    cdef int bad = 0
+    cdef floating chk = 0
     if mu == 0:
         for i in range(n):
             w = c * p[i] - eta * g[i]
             p[i] = w
-            bad |= (w - w != 0)
+            chk = chk + (w - w)
     elif not nesterov:
         for i in range(n):
             vi = mu * v[i] - eta * (g[i] + l2 * p[i])
             v[i] = vi
             w = p[i] + vi
             p[i] = w
-            bad |= (w - w != 0)
+            chk = chk + (w - w)
     else:
         for i in range(n):
             gg = g[i] + l2 * p[i]
@@ -342,8 +356,8 @@ cdef int update_segment(floating* p, const floating* g, floating* v,
             v[i] = vi
             w = p[i] + (mu * vi - eta * gg)
             p[i] = w
-            bad |= (w - w != 0)
-    return bad
+            chk = chk + (w - w)
+    return not (chk == 0)
 
 
 cdef int sgd_update(const Net* net, floating* params, const floating* grad,
@@ -362,6 +376,130 @@ cdef int sgd_update(const Net* net, floating* params, const floating* grad,
         bad |= update_segment(params + off + nw, grad + off + nw,
                               vel + off + nw, net.sizes[l + 1],
                               eta, mu, <floating>0.0, nesterov)
+    return bad
+
+
+cdef enum:
+    # Columns of a weight row whose gradient is formed in a stack buffer by
+    # the fused path: m rows of A for this many columns stay in L1.
+    GRAD_BLOCK = 256
+
+
+# Batches of at most this many rows take the fused gradient+update path;
+# larger ones form the gradient with BLAS and update layer by layer.
+cdef Py_ssize_t fuse_max_rows = 32
+
+
+def get_fuse_max_rows():
+    """Largest batch that takes the fused gradient+update path."""
+    return fuse_max_rows
+
+
+def set_fuse_max_rows(Py_ssize_t rows):
+    """Set the largest batch for the fused path (0 disables it); returns the old value.
+
+    Both paths apply the same update; this switch exists for tests and benchmarks.
+    """
+    global fuse_max_rows
+    old = fuse_max_rows
+    fuse_max_rows = rows
+    return old
+
+
+cdef int fused_layer_update(floating* W, floating* V, Py_ssize_t n_out, Py_ssize_t n_in,
+                            const floating* A, const floating* D, Py_ssize_t m,
+                            floating eta, floating mu, floating l2,
+                            bint nesterov) noexcept nogil:
+    """Update W_l and b_l from the batch without storing their gradient.
+
+    For each weight row j and block of columns, ``g = sum_i D[i, j] A[i, :]``
+    is formed in a stack buffer and applied at once (``update_segment``), so
+    the gradient never makes a round trip through memory. Same arithmetic as
+    the gradient-then-update path. Returns 1 if a new value is not finite.
+    """
+    cdef floating g[GRAD_BLOCK]
+    cdef Py_ssize_t c0 = 0, cw, j, i, c, j0, jw
+    cdef const floating* a
+    cdef floating d
+    cdef int bad = 0
+    cdef floating* b = W + n_out * n_in
+    cdef floating* Vb = V + n_out * n_in
+    while c0 < n_in:
+        cw = min(<Py_ssize_t>GRAD_BLOCK, n_in - c0)
+        for j in range(n_out):
+            d = D[j]
+            a = A + c0
+            for c in range(cw):
+                g[c] = d * a[c]
+            for i in range(1, m):
+                d = D[i * n_out + j]
+                a = A + i * n_in + c0
+                for c in range(cw):
+                    g[c] = g[c] + d * a[c]
+            bad |= update_segment(W + j * n_in + c0, g, V + j * n_in + c0, cw,
+                                  eta, mu, l2, nesterov)
+        c0 += cw
+    j0 = 0
+    while j0 < n_out:
+        jw = min(<Py_ssize_t>GRAD_BLOCK, n_out - j0)
+        for c in range(jw):
+            g[c] = D[j0 + c]
+        for i in range(1, m):
+            for c in range(jw):
+                g[c] = g[c] + D[i * n_out + j0 + c]
+        bad |= update_segment(b + j0, g, Vb + j0, jw, eta, mu, <floating>0.0, nesterov)
+        j0 += jw
+    return bad
+
+
+cdef int backward_update(const Net* net, floating* params, floating* grad,
+                         floating* vel, const floating* A0, floating* work,
+                         Py_ssize_t m, floating eta, floating mu, floating l2,
+                         bint nesterov) noexcept nogil:
+    """Backward pass that updates each layer as soon as its delta is known.
+
+    Going down from the output, layer l first propagates the delta with its
+    old weights, ``D_l = (D_{l+1} W_l) * f'(A_l)``, then applies the update to
+    W_l and b_l: fused (``fused_layer_update``) for small batches, or BLAS
+    gradient into ``grad`` followed by ``update_segment``. Returns 1 if a new
+    parameter is not finite.
+    """
+    cdef int l, bad = 0
+    cdef Py_ssize_t i, j, nw
+    cdef int n_in, n_out
+    cdef const floating* A
+    cdef floating* D
+    cdef floating* W
+    cdef floating* gW
+    cdef floating* gb
+    for l in range(net.L - 1, -1, -1):
+        n_in = net.sizes[l]
+        n_out = net.sizes[l + 1]
+        nw = <Py_ssize_t>n_out * n_in
+        A = A0 if l == 0 else act_ptr(net, work, m, l)
+        D = delta_ptr(net, work, m, l + 1)
+        W = params + net.woff[l]
+        if l > 0:
+            gemm_rm(NoTrans, NoTrans, <int>m, n_in, n_out, <floating>1.0, D, n_out,
+                    W, n_in, <floating>0.0, delta_ptr(net, work, m, l), n_in)
+            times_derivative(net.acts[l - 1], delta_ptr(net, work, m, l), A,
+                             m * n_in)
+        if m <= fuse_max_rows:
+            bad |= fused_layer_update(W, vel + net.woff[l], n_out, n_in, A, D, m,
+                                      eta, mu, l2, nesterov)
+        else:
+            gW = grad + net.woff[l]
+            gb = gW + nw
+            gemm_rm(Trans, NoTrans, n_out, n_in, <int>m, <floating>1.0, D, n_out,
+                    A, n_in, <floating>0.0, gW, n_in)
+            for j in range(n_out):
+                gb[j] = 0
+            for i in range(m):
+                for j in range(n_out):
+                    gb[j] = gb[j] + D[i * n_out + j]
+            bad |= update_segment(W, gW, vel + net.woff[l], nw, eta, mu, l2, nesterov)
+            bad |= update_segment(W + nw, gb, vel + net.woff[l] + nw, n_out,
+                                  eta, mu, <floating>0.0, nesterov)
     return bad
 
 
@@ -523,6 +661,28 @@ def sgd_step(const int[::1] sizes, const int[::1] acts, int cost,
     return bad == 0
 
 
+cdef bint prefetch = True
+
+
+def set_prefetch(bint on):
+    """Turn the prefetch of the next batch's rows on or off; returns the old value."""
+    global prefetch
+    old = prefetch
+    prefetch = on
+    return old
+
+
+cdef void prefetch_rows(const floating* X, const Py_ssize_t* rows, Py_ssize_t m,
+                        Py_ssize_t n0) noexcept nogil:
+    cdef Py_ssize_t i, off
+    cdef const char* r
+    cdef Py_ssize_t nbytes = n0 * sizeof(floating)
+    for i in range(m):
+        r = <const char*>(X + rows[i] * n0)
+        for off in range(0, nbytes, 64):
+            FASTNN_PREFETCH(r + off)
+
+
 def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 floating[::1] params, floating[::1] grad, floating[::1] vel,
                 const floating[:, ::1] X, const floating[:, ::1] Y,
@@ -555,11 +715,13 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
             m = min(batch_size, stop - s)
             for i in range(m):
                 memcpy(wk + i * n0, Xp + pp[s + i] * n0, n0 * sizeof(floating))
+            if prefetch:
+                # ask for the next batch's rows now; they arrive during this step
+                prefetch_rows(Xp, pp + s + m, min(batch_size, stop - s - m), n0)
             forward(&net, &params[0], wk, wk, m, False)
             output_delta(&net, wk, m, Yp, lp, pp + s, <floating>(1.0 / m))
-            backward(&net, &params[0], &grad[0], wk, wk, m, False)
-            bad = sgd_update(&net, &params[0], &grad[0], &vel[0], <floating>eta,
-                             <floating>mu, <floating>l2, nesterov)
+            bad = backward_update(&net, &params[0], &grad[0], &vel[0], wk, wk, m,
+                                  <floating>eta, <floating>mu, <floating>l2, nesterov)
             steps += 1
             s += m
             if bad:
