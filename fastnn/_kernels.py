@@ -13,5 +13,5 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
         if in_repo else
         "Reinstall fastnn (`pip install --force-reinstall fastnn`)."
     )
-    raise ImportError(f"fastnn's compiled kernels (fastnn._core) could not be imported: {exc}. "
-                      f"{hint}") from exc
+    raise ImportError(f"fastnn's compiled kernels (fastnn._core) could not be imported from "
+                      f"{os.path.dirname(os.path.abspath(__file__))}. {hint}") from exc

@@ -18,7 +18,6 @@ or foreign file.
 import json
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 
@@ -62,8 +61,7 @@ def load(path):
                 raise ValueError(f"members {sorted(data.files)} instead of ['meta', 'params']")
             meta = json.loads(str(data["meta"][()]))
             params = data["params"]
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, json.JSONDecodeError, UnicodeDecodeError,
-            ValueError, TypeError) as exc:
+    except Exception as exc:  # zipfile and numpy raise many types for corrupt input
         raise ValueError(f"{path!r} is not a readable fastnn network file ({type(exc).__name__}: "
                          f"{exc}). It may be truncated, corrupt, or saved by another program.") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -72,13 +70,18 @@ def load(path):
     if meta.get("version") != VERSION:
         raise ValueError(f"{path!r} has format version {meta.get('version')!r}; this fastnn reads "
                          f"version {VERSION}. Upgrade fastnn to load it.")
+    sizes = meta.get("sizes")
+    if (not isinstance(sizes, list) or len(sizes) < 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)):
+        raise ValueError(f"{path!r} describes an invalid network: sizes {sizes!r}.")
+    n_params = sum(o * (i + 1) for i, o in zip(sizes[:-1], sizes[1:]))
+    if params.ndim != 1 or params.shape[0] != n_params or params.dtype.name != meta.get("dtype"):
+        raise ValueError(f"{path!r} holds parameters of shape {params.shape} and dtype {params.dtype}; "
+                         f"the network {sizes} ({meta.get('dtype')}) needs ({n_params},).")
+    state = {k: meta.get(k) for k in ("sizes", "hidden", "output", "cost", "dtype")}
+    state["init"] = meta.get("init", "default")
+    state["params"] = params
     try:
-        net = Network(meta["sizes"], hidden=meta["hidden"], output=meta["output"], cost=meta["cost"],
-                      dtype=meta["dtype"], init=meta.get("init", "default"), seed=0)
+        return Network._from_state(state)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path!r} describes an invalid network: {exc}") from None
-    if params.ndim != 1 or params.shape != net.params.shape or params.dtype != net.dtype:
-        raise ValueError(f"{path!r} holds parameters of shape {params.shape} and dtype {params.dtype}; "
-                         f"the network {list(net.sizes)} ({net.dtype}) needs {net.params.shape}.")
-    net.params[:] = params
-    return net

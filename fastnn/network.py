@@ -116,9 +116,28 @@ class Network:
 
     def copy(self):
         """An independent network with the same structure and parameters."""
-        other = Network.__new__(Network)
-        other.__setstate__(self.__getstate__())
-        return other
+        return Network._from_state(self.__getstate__())
+
+    @classmethod
+    def _from_state(cls, state):
+        """A network from a state dict (as __getstate__ gives), every field validated."""
+        net = cls.__new__(cls)
+        net.sizes = _check_sizes(state["sizes"])
+        hidden = state["hidden"]
+        if not isinstance(hidden, (list, tuple)) or len(hidden) != len(net.sizes) - 2:
+            raise ValueError(f"hidden must list {len(net.sizes) - 2} activations, got {hidden!r}")
+        net.hidden = tuple(get_activation(h, parameter="hidden").name for h in hidden)
+        net.output = get_activation(state["output"], parameter="output", output=True).name
+        net.cost = get_cost(state["cost"], net.output).name
+        net.dtype = _check_dtype(state["dtype"])
+        get_initializer(state["init"])
+        net.init = state["init"]
+        params = np.asarray(state["params"])
+        n = sum(o * (i + 1) for i, o in zip(net.sizes[:-1], net.sizes[1:]))
+        if params.shape != (n,):
+            raise ValueError(f"params must have shape ({n},), got {params.shape}")
+        net._build(np.array(params, dtype=net.dtype, order="C"))
+        return net
 
     def __getstate__(self):
         return {"sizes": self.sizes, "hidden": self.hidden, "output": self.output,
@@ -126,13 +145,7 @@ class Network:
                 "params": self.params.copy()}
 
     def __setstate__(self, state):
-        self.sizes = tuple(state["sizes"])
-        self.hidden = tuple(state["hidden"])
-        self.output = state["output"]
-        self.cost = state["cost"]
-        self.dtype = np.dtype(state["dtype"])
-        self.init = state["init"]
-        self._build(np.ascontiguousarray(state["params"], dtype=self.dtype).copy())
+        self.__dict__.update(Network._from_state(state).__dict__)
 
     # ------------------------------------------------------------------ helpers
     def _chunk(self, n):

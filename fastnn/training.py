@@ -132,6 +132,76 @@ def _split_callbacks(callbacks):
     return ends, progress
 
 
+class Trainer:
+    """Mini-batch SGD epochs on validated arrays, for ``fit`` and the facades.
+
+    Holds the network, the training arrays, the gradient buffer, the workspace
+    (one batch) and the optimizer's velocity, so an epoch only needs its
+    permutation: ``run_epoch(perm)`` trains on the batches
+    ``perm[0:b], perm[b:2b], ...`` (the last one partial) in the kernels, or in
+    the NumPy reference with ``engine="numpy"``. The update uses
+    ``l2 = lmbda / n`` with n = len(X).
+    """
+
+    def __init__(self, net, X, Y, labels, *, batch_size, optimizer, lmbda, engine="cython",
+                 _validated=False):
+        if not _validated:
+            batch_size = check_int(batch_size, "batch_size", low=1)
+            lmbda = check_real(lmbda, "lmbda", low=0.0)
+        self.net, self.X, self.Y, self.labels = net, X, Y, labels
+        self.n = X.shape[0]
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lmbda = lmbda
+        self.engine = engine
+        self.grad = np.empty_like(net.params)
+        self.vel = optimizer._state_for(net)
+        self.work = (np.empty(_core.workspace_size(net._sizes_c, min(batch_size, self.n)),
+                              dtype=net.dtype) if engine == "cython" else None)
+
+    def _steps(self, perm, start, stop):
+        net, opt = self.net, self.optimizer
+        l2 = self.lmbda / self.n
+        if self.engine == "cython":
+            return _core.train_steps(net._sizes_c, net._acts_c, net._cost_c, net.params, self.grad,
+                                     self.vel, self.X, self.Y, self.labels, perm, self.batch_size,
+                                     start, stop, self.work, opt.eta, opt.momentum, l2, opt.nesterov)
+        return reference.train_steps(net, net.params, self.grad, self.vel, self.X, self.Y,
+                                     self.labels, perm, self.batch_size, start, stop, opt.eta,
+                                     opt.momentum, l2, opt.nesterov)
+
+    def run_epoch(self, perm, *, chunk=None, progress=None):
+        """Train one epoch over ``perm`` (an intp permutation of range(n)).
+
+        The kernel runs ``chunk`` samples (a multiple of batch_size) per call and
+        ``progress(samples_done)`` is called between calls. If a step makes a
+        parameter non-finite, the epoch is replayed up to the step before and
+        TrainingDiverged is raised (``step`` = index of the breaking mini-batch).
+        """
+        params, vel, n, bs = self.net.params, self.vel, self.n, self.batch_size
+        perm = np.ascontiguousarray(perm, dtype=np.intp)
+        chunk = n if chunk is None else chunk
+        saved_params, saved_vel = params.copy(), vel.copy()
+        start = 0
+        while start < n:
+            stop = min(n, start + chunk)
+            done, finite = self._steps(perm, start, stop)
+            if not finite:
+                bad = start + (done - 1) * bs  # first sample of the breaking step
+                params[:] = saved_params
+                vel[:] = saved_vel
+                if bad > 0:
+                    self._steps(perm, 0, bad)
+                raise TrainingDiverged(
+                    f"mini-batch {bad // bs}: the update made parameters non-finite. The network "
+                    f"keeps the parameters of the last finite step; try a smaller eta (was "
+                    f"{self.optimizer.eta}) or momentum (was {self.optimizer.momentum}).",
+                    epoch=None, step=bad // bs, history=None)
+            start = stop
+            if progress is not None:
+                progress(start)
+
+
 def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, validation_data=None,
         shuffle=True, seed=None, callbacks=(), monitor_training=True, progress_every=4096,
         engine="cython", verbose=False):
@@ -174,49 +244,22 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
     ends, progress = _split_callbacks(callbacks)
 
     n = X.shape[0]
-    l2 = lmbda / n
     rng = np.random.default_rng(seed)
-    params = net.params
-    vel = optimizer._state_for(net)
-    grad = np.empty_like(params)
-    eta, mu, nesterov = optimizer.eta, optimizer.momentum, optimizer.nesterov
-    if engine == "cython":
-        work = np.empty(_core.workspace_size(net._sizes_c, min(batch_size, n)), dtype=net.dtype)
-
-        def steps(perm, start, stop):
-            return _core.train_steps(net._sizes_c, net._acts_c, net._cost_c, params, grad, vel,
-                                     X, Y, labels, perm, batch_size, start, stop, work,
-                                     eta, mu, l2, nesterov)
-    else:
-        def steps(perm, start, stop):
-            return reference.train_steps(net, params, grad, vel, X, Y, labels, perm, batch_size,
-                                         start, stop, eta, mu, l2, nesterov)
-
+    trainer = Trainer(net, X, Y, labels, batch_size=batch_size, optimizer=optimizer, lmbda=lmbda,
+                      engine=engine, _validated=True)
     chunk = n if not progress else max(1, progress_every // batch_size) * batch_size
     history = History()
     ordered = np.arange(n, dtype=np.intp)
     for epoch in range(epochs):
         perm = rng.permutation(n).astype(np.intp) if shuffle else ordered
-        saved_params, saved_vel = params.copy(), vel.copy()
         t0 = time.perf_counter()
-        start = 0
-        while start < n:
-            stop = min(n, start + chunk)
-            done, finite = steps(perm, start, stop)
-            if not finite:
-                bad = start + (done - 1) * batch_size  # first sample of the breaking step
-                params[:] = saved_params
-                vel[:] = saved_vel
-                if bad > 0:
-                    steps(perm, 0, bad)
-                raise TrainingDiverged(
-                    f"Training diverged in epoch {epoch} at mini-batch {bad // batch_size}: the update "
-                    f"made parameters non-finite. The network keeps the parameters of the last finite "
-                    f"step; try a smaller eta (was {eta}) or momentum (was {mu}).",
-                    epoch=epoch, step=bad // batch_size, history=history)
-            start = stop
-            for cb in progress:
-                cb(epoch, start, n)
+        try:
+            trainer.run_epoch(perm, chunk=chunk,
+                              progress=(lambda done: [cb(epoch, done, n) for cb in progress])
+                              if progress else None)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"Training diverged in epoch {epoch} at {err}", epoch=epoch,
+                                   step=err.step, history=history) from None
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "seconds": seconds}
         if monitor_training:
@@ -228,7 +271,7 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
                 raise TrainingDiverged(
                     f"Training diverged in epoch {epoch}: the monitored {key} is {row[key]}. The "
                     f"network keeps the parameters at the end of that epoch; try a smaller eta "
-                    f"(was {eta}).", epoch=epoch, step=None, history=history)
+                    f"(was {optimizer.eta}).", epoch=epoch, step=None, history=history)
         history._append(**row)
         if verbose:
             print(_format_row(row), flush=True)

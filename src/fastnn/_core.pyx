@@ -387,7 +387,10 @@ cdef enum:
 
 # Batches of at most this many rows take the fused gradient+update path;
 # larger ones form the gradient with BLAS and update layer by layer.
-cdef Py_ssize_t fuse_max_rows = 32
+# Off by default: measured on this project's 2-core reference machine, the
+# portable (SSE2) fused loops are slower than OpenBLAS's AVX2 GEMM followed by
+# the vectorized update, at batch 10, 64 and 128 (benchmarks/bench_kernels.py).
+cdef Py_ssize_t fuse_max_rows = 0
 
 
 def get_fuse_max_rows():
