@@ -51,9 +51,14 @@ class Network:
         self.sizes = _check_sizes(sizes)
         n_hidden = len(self.sizes) - 2
         if isinstance(hidden, str):
+            get_activation(hidden, parameter="hidden")
             hidden = [hidden] * n_hidden
         else:
-            hidden = list(hidden)
+            try:
+                hidden = list(hidden)
+            except TypeError:
+                raise TypeError(f"The 'hidden' parameter must be an activation name or a list of "
+                                f"{n_hidden} names. Got {hidden!r} instead.") from None
             if len(hidden) != n_hidden:
                 raise ValueError(f"The 'hidden' parameter must be one activation name or a list of "
                                  f"{n_hidden} (one per hidden layer). Got a list of {len(hidden)}.")
@@ -156,9 +161,9 @@ class Network:
     def _workspace(self, m):
         return np.empty(_core.workspace_size(self._sizes_c, m), dtype=self.dtype)
 
-    def _check_Xy(self, X, y):
-        X = check_X(X, self.sizes[0], self.dtype)
-        Y, labels = check_y(y, X.shape[0], self.sizes[-1], self.dtype)
+    def _check_Xy(self, X, y, names=("X", "y")):
+        X = check_X(X, self.sizes[0], self.dtype, name=names[0])
+        Y, labels = check_y(y, X.shape[0], self.sizes[-1], self.dtype, name=names[1])
         return X, Y, labels
 
     def _targets(self, Y, labels):
@@ -186,8 +191,9 @@ class Network:
         A 1-D X of length sizes[0] is one sample and gives a 1-D output.
         """
         check_engine(engine)
-        one = np.ndim(X) == 1
+        X_in = X
         X = check_X(X, self.sizes[0], self.dtype)
+        one = np.ndim(X_in) == 1
         if engine == "numpy":
             out = reference.forward(self, self.params, X)[0][-1]
         else:
@@ -218,7 +224,9 @@ class Network:
             cost_sum, correct = _core.evaluate(self._sizes_c, self._acts_c, self._cost_c, self.params,
                                                X, Y, labels, grad, self._workspace(m), m,
                                                want_grad, True)
-        cost = cost_sum / n + 0.5 * (lmbda / n) * self._l2_norm2()
+        cost = cost_sum / n
+        if lmbda:
+            cost += 0.5 * (lmbda / n) * self._l2_norm2()
         if want_grad:
             if lmbda:
                 grad[self._weight_mask] += (lmbda / n) * self.params[self._weight_mask]
@@ -298,9 +306,9 @@ def _check_sizes(sizes):
 
 def _check_dtype(dtype):
     try:
-        dt = np.dtype(dtype)
+        dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"The 'dtype' parameter must be 'float32' or 'float64'. Got {dtype!r} instead.")
     return dt

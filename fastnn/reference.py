@@ -41,9 +41,12 @@ def forward(net, params, X):
 
 def output_delta(net, a, T):
     """dC0_x/dz_L for each row (not yet divided by m)."""
+    if net.cost == "log-likelihood":
+        # C0 = sum_j y_j (logsumexp(z) - z_j): (sum_j y_j) a - y, = a - y for one-hot rows
+        return T.sum(axis=1, keepdims=True) * a - T
     r = a - T
     if net.cost != "quadratic":
-        return r  # sigmoid + cross-entropy, softmax + log-likelihood
+        return r  # sigmoid + cross-entropy
     if net.output == "softmax":
         return a * (r - np.sum(r * a, axis=1, keepdims=True))
     return r * ACTIVATIONS[net.output].derivative(a)

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastnn import reference
 from fastnn._kernels import _core
-from fastnn._validation import check_int, check_real, check_seed, check_X
+from fastnn._validation import check_int, check_real, check_seed
 from fastnn.optimizers import SGD
 
 
@@ -240,7 +240,7 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
             Xv, yv = validation_data
         except (TypeError, ValueError):
             raise ValueError("The 'validation_data' parameter must be a pair (X_val, y_val).") from None
-        val = net._check_Xy(check_X(Xv, net.sizes[0], net.dtype, name="validation_data[0]"), yv)
+        val = net._check_Xy(Xv, yv, names=("validation_data[0]", "validation_data[1]"))
     ends, progress = _split_callbacks(callbacks)
 
     n = X.shape[0]

@@ -202,8 +202,11 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
         W = params + net.woff[l]
         Z = act_ptr(net, work, m, l + 1)
         # Z = A W^T  (row-major (m, n_in) x (n_in, n_out))
-        gemm_rm(NoTrans, Trans, <int>m, n_out, n_in, <floating>1.0, A, n_in,
-                W, n_in, <floating>0.0, Z, n_out)
+        if m <= small_max_rows:
+            small_nt(A, W, Z, m, n_out, n_in)
+        else:
+            gemm_rm(NoTrans, Trans, <int>m, n_out, n_in, <floating>1.0, A, n_in,
+                    W, n_in, <floating>0.0, Z, n_out)
         bias_activate(net.acts[l], Z, W + <Py_ssize_t>n_out * n_in, m, n_out,
                       zout_ptr(net, work, m) if (keep_z and l == net.L - 1) else NULL)
         A = Z
@@ -240,6 +243,15 @@ cdef void output_delta(const Net* net, floating* work, Py_ssize_t m,
     cdef floating a, r, s
     for i in range(m):
         row = idx[i] if idx != NULL else i
+        if net.cost == COST_LOG_LIKELIHOOD and Y != NULL:
+            # C0 = sum_j y_j (logsumexp(z) - z_j): dC0/dz = (sum_j y_j) a - y,
+            # which is a - y for rows that sum to 1 (one-hot or probabilities)
+            s = 0
+            for j in range(n):
+                s = s + Y[row * n + j]
+            for j in range(n):
+                D[i * n + j] = scale * (s * A[i * n + j] - Y[row * n + j])
+            continue
         for j in range(n):
             D[i * n + j] = scale * (A[i * n + j] - target(Y, labels, row, j, n))
         if net.cost != COST_QUADRATIC:
@@ -385,74 +397,61 @@ cdef enum:
     GRAD_BLOCK = 256
 
 
-# Batches of at most this many rows take the fused gradient+update path;
-# larger ones form the gradient with BLAS and update layer by layer.
-# Off by default: measured on this project's 2-core reference machine, the
-# portable (SSE2) fused loops are slower than OpenBLAS's AVX2 GEMM followed by
-# the vectorized update, at batch 10, 64 and 128 (benchmarks/bench_kernels.py).
-cdef Py_ssize_t fuse_max_rows = 0
+cdef extern from "_small.h" nogil:
+    int fastnn_small_available()
+    void small_nt_d(const double* A, const double* W, double* Z,
+                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+    void small_nt_s(const float* A, const float* W, float* Z,
+                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+    int small_tn_update_d(const double* D, const double* A, double* W, double* V,
+                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
+                          double eta, double mu, double l2)
+    int small_tn_update_s(const float* D, const float* A, float* W, float* V,
+                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
+                          float eta, float mu, float l2)
+
+# Batches of at most this many rows use the AVX2 small-batch kernels of
+# _small.h (forward product, and the weight gradient fused with the update so
+# it never goes through memory) when the CPU has AVX2 and FMA; larger batches,
+# and other CPUs, use BLAS followed by the one-pass update.
+SMALL_KERNELS_AVAILABLE = bool(fastnn_small_available())
+cdef Py_ssize_t small_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
 
 
-def get_fuse_max_rows():
-    """Largest batch that takes the fused gradient+update path."""
-    return fuse_max_rows
+def get_small_max_rows():
+    """Largest batch that uses the small-batch kernels (0: never)."""
+    return small_max_rows
 
 
-def set_fuse_max_rows(Py_ssize_t rows):
-    """Set the largest batch for the fused path (0 disables it); returns the old value.
+def set_small_max_rows(Py_ssize_t rows):
+    """Set the largest batch for the small-batch kernels (0 disables them).
 
-    Both paths apply the same update; this switch exists for tests and benchmarks.
+    Returns the old value. Both paths compute the same update up to rounding;
+    the switch exists for tests and benchmarks. Ignored (stays 0) on CPUs
+    without AVX2 and FMA.
     """
-    global fuse_max_rows
-    old = fuse_max_rows
-    fuse_max_rows = rows
+    global small_max_rows
+    old = small_max_rows
+    small_max_rows = rows if SMALL_KERNELS_AVAILABLE else 0
     return old
 
 
-cdef int fused_layer_update(floating* W, floating* V, Py_ssize_t n_out, Py_ssize_t n_in,
-                            const floating* A, const floating* D, Py_ssize_t m,
-                            floating eta, floating mu, floating l2,
-                            bint nesterov) noexcept nogil:
-    """Update W_l and b_l from the batch without storing their gradient.
+cdef inline void small_nt(const floating* A, const floating* W, floating* Z,
+                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    if floating is float:
+        small_nt_s(A, W, Z, m, n, k)
+    else:
+        small_nt_d(A, W, Z, m, n, k)
 
-    For each weight row j and block of columns, ``g = sum_i D[i, j] A[i, :]``
-    is formed in a stack buffer and applied at once (``update_segment``), so
-    the gradient never makes a round trip through memory. Same arithmetic as
-    the gradient-then-update path. Returns 1 if a new value is not finite.
-    """
-    cdef floating g[GRAD_BLOCK]
-    cdef Py_ssize_t c0 = 0, cw, j, i, c, j0, jw
-    cdef const floating* a
-    cdef floating d
-    cdef int bad = 0
-    cdef floating* b = W + n_out * n_in
-    cdef floating* Vb = V + n_out * n_in
-    while c0 < n_in:
-        cw = min(<Py_ssize_t>GRAD_BLOCK, n_in - c0)
-        for j in range(n_out):
-            d = D[j]
-            a = A + c0
-            for c in range(cw):
-                g[c] = d * a[c]
-            for i in range(1, m):
-                d = D[i * n_out + j]
-                a = A + i * n_in + c0
-                for c in range(cw):
-                    g[c] = g[c] + d * a[c]
-            bad |= update_segment(W + j * n_in + c0, g, V + j * n_in + c0, cw,
-                                  eta, mu, l2, nesterov)
-        c0 += cw
-    j0 = 0
-    while j0 < n_out:
-        jw = min(<Py_ssize_t>GRAD_BLOCK, n_out - j0)
-        for c in range(jw):
-            g[c] = D[j0 + c]
-        for i in range(1, m):
-            for c in range(jw):
-                g[c] = g[c] + D[i * n_out + j0 + c]
-        bad |= update_segment(b + j0, g, Vb + j0, jw, eta, mu, <floating>0.0, nesterov)
-        j0 += jw
-    return bad
+
+cdef inline int small_tn_update(const floating* D, const floating* A, floating* W,
+                                floating* V, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                int mode, floating eta, floating mu,
+                                floating l2) noexcept nogil:
+    if floating is float:
+        return small_tn_update_s(D, A, W, V, m, n, k, mode, eta, mu, l2)
+    else:
+        return small_tn_update_d(D, A, W, V, m, n, k, mode, eta, mu, l2)
 
 
 cdef int backward_update(const Net* net, floating* params, floating* grad,
@@ -463,8 +462,9 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
 
     Going down from the output, layer l first propagates the delta with its
     old weights, ``D_l = (D_{l+1} W_l) * f'(A_l)``, then applies the update to
-    W_l and b_l: fused (``fused_layer_update``) for small batches, or BLAS
-    gradient into ``grad`` followed by ``update_segment``. Returns 1 if a new
+    W_l and b_l: for small batches the gradient is formed and applied in one
+    pass (``small_tn_update``), otherwise BLAS writes it into ``grad`` and
+    ``update_segment`` applies it. Returns 1 if a new
     parameter is not finite.
     """
     cdef int l, bad = 0
@@ -487,22 +487,22 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
                     W, n_in, <floating>0.0, delta_ptr(net, work, m, l), n_in)
             times_derivative(net.acts[l - 1], delta_ptr(net, work, m, l), A,
                              m * n_in)
-        if m <= fuse_max_rows:
-            bad |= fused_layer_update(W, vel + net.woff[l], n_out, n_in, A, D, m,
-                                      eta, mu, l2, nesterov)
+        gW = grad + net.woff[l]
+        gb = gW + nw
+        if m <= small_max_rows:
+            bad |= small_tn_update(D, A, W, vel + net.woff[l], m, n_out, n_in,
+                                   0 if mu == 0 else (2 if nesterov else 1), eta, mu, l2)
         else:
-            gW = grad + net.woff[l]
-            gb = gW + nw
             gemm_rm(Trans, NoTrans, n_out, n_in, <int>m, <floating>1.0, D, n_out,
                     A, n_in, <floating>0.0, gW, n_in)
-            for j in range(n_out):
-                gb[j] = 0
-            for i in range(m):
-                for j in range(n_out):
-                    gb[j] = gb[j] + D[i * n_out + j]
             bad |= update_segment(W, gW, vel + net.woff[l], nw, eta, mu, l2, nesterov)
-            bad |= update_segment(W + nw, gb, vel + net.woff[l] + nw, n_out,
-                                  eta, mu, <floating>0.0, nesterov)
+        for j in range(n_out):
+            gb[j] = 0
+        for i in range(m):
+            for j in range(n_out):
+                gb[j] = gb[j] + D[i * n_out + j]
+        bad |= update_segment(W + nw, gb, vel + net.woff[l] + nw, n_out,
+                              eta, mu, <floating>0.0, nesterov)
     return bad
 
 

@@ -1,0 +1,111 @@
+/* AVX2 + FMA small-batch kernels with run-time dispatch (see _small_impl.h).
+ *
+ * fastnn_small_available() is 1 when this build has the kernels and the CPU
+ * runs them (x86-64 with AVX2 and FMA, compiled by GCC or Clang); elsewhere the
+ * callers use BLAS. The kernels are compiled for AVX2 by a function attribute,
+ * so the rest of the extension stays baseline x86-64 and the wheel runs on any
+ * CPU.
+ */
+#ifndef FASTNN_SMALL_H
+#define FASTNN_SMALL_H
+
+#include <Python.h>
+
+#define FASTNN_KTILE 256
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define FASTNN_HAVE_SMALL 1
+#include <immintrin.h>
+#define FASTNN_AVX2 __attribute__((target("avx2,fma")))
+
+FASTNN_AVX2 static inline double fastnn_hsum_d(__m256d v)
+{
+    __m128d lo = _mm256_castpd256_pd128(v), hi = _mm256_extractf128_pd(v, 1);
+    lo = _mm_add_pd(lo, hi);
+    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+}
+
+FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    return _mm_cvtss_f32(_mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1)));
+}
+
+/* double */
+#define T double
+#define SFX _d
+#define VT __m256d
+#define VL 4
+#define VLOAD _mm256_loadu_pd
+#define VSTORE _mm256_storeu_pd
+#define VSET1 _mm256_set1_pd
+#define VZERO _mm256_setzero_pd
+#define VADD _mm256_add_pd
+#define VSUB _mm256_sub_pd
+#define VMUL _mm256_mul_pd
+#define VFMA _mm256_fmadd_pd
+#define HSUM fastnn_hsum_d
+#include "_small_impl.h"
+#undef T
+#undef SFX
+#undef VT
+#undef VL
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VZERO
+#undef VADD
+#undef VSUB
+#undef VMUL
+#undef VFMA
+#undef HSUM
+
+/* float */
+#define T float
+#define SFX _s
+#define VT __m256
+#define VL 8
+#define VLOAD _mm256_loadu_ps
+#define VSTORE _mm256_storeu_ps
+#define VSET1 _mm256_set1_ps
+#define VZERO _mm256_setzero_ps
+#define VADD _mm256_add_ps
+#define VSUB _mm256_sub_ps
+#define VMUL _mm256_mul_ps
+#define VFMA _mm256_fmadd_ps
+#define HSUM fastnn_hsum_s
+#include "_small_impl.h"
+#undef T
+#undef SFX
+#undef VT
+#undef VL
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VZERO
+#undef VADD
+#undef VSUB
+#undef VMUL
+#undef VFMA
+#undef HSUM
+
+static int fastnn_small_available(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+#else  /* no AVX2 kernels in this build: callers use BLAS */
+#define FASTNN_HAVE_SMALL 0
+static int fastnn_small_available(void) { return 0; }
+static void small_nt_d(const double *A, const double *W, double *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
+static void small_nt_s(const float *A, const float *W, float *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
+static int small_tn_update_d(const double *D, const double *A, double *W, double *V, Py_ssize_t m,
+                             Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu, double l2) { return 1; }
+static int small_tn_update_s(const float *D, const float *A, float *W, float *V, Py_ssize_t m,
+                             Py_ssize_t n, Py_ssize_t k, int mode, float eta, float mu, float l2) { return 1; }
+#endif
+
+#endif

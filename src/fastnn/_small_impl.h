@@ -1,0 +1,219 @@
+/* Small-batch kernels, instantiated once per element type by _small.h.
+ *
+ * The including file defines:
+ *   T        element type (float / double)
+ *   SFX      name suffix (_s / _d)
+ *   VT       AVX vector type holding VL elements
+ *   VL       elements per vector
+ *   VLOAD, VSTORE, VSET1, VZERO, VADD, VSUB, VMUL, VFMA   AVX2 intrinsics
+ *   HSUM(v)  horizontal sum of a vector
+ *
+ * Matrices are row-major. With m (the batch) small, BLAS spends most of its
+ * time packing the large operand (the weights); these kernels read the
+ * weights in place, once per call, and keep the batch's k-tile in L1.
+ */
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+/* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n) */
+FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *A, const T *W, T *Z,
+                                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+{
+    Py_ssize_t i, j, kk, t0, tw;
+    for (i = 0; i < m * n; i++) Z[i] = 0;
+    for (t0 = 0; t0 < k; t0 += FASTNN_KTILE) {
+        tw = k - t0 < FASTNN_KTILE ? k - t0 : FASTNN_KTILE;
+        Py_ssize_t tv = tw - tw % VL;
+        for (j = 0; j + 2 <= n; j += 2) {
+            const T *w0 = W + j * k + t0, *w1 = w0 + k;
+            for (i = 0; i + 4 <= m; i += 4) {
+                const T *a0 = A + i * k + t0, *a1 = a0 + k, *a2 = a1 + k, *a3 = a2 + k;
+                VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
+                VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
+                for (kk = 0; kk < tv; kk += VL) {
+                    VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
+                    VT y = VLOAD(a0 + kk);
+                    c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);
+                    y = VLOAD(a1 + kk);
+                    c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);
+                    y = VLOAD(a2 + kk);
+                    c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);
+                    y = VLOAD(a3 + kk);
+                    c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);
+                }
+                T s00 = HSUM(c00), s01 = HSUM(c01), s02 = HSUM(c02), s03 = HSUM(c03);
+                T s10 = HSUM(c10), s11 = HSUM(c11), s12 = HSUM(c12), s13 = HSUM(c13);
+                for (kk = tv; kk < tw; kk++) {
+                    s00 += w0[kk] * a0[kk]; s01 += w0[kk] * a1[kk];
+                    s02 += w0[kk] * a2[kk]; s03 += w0[kk] * a3[kk];
+                    s10 += w1[kk] * a0[kk]; s11 += w1[kk] * a1[kk];
+                    s12 += w1[kk] * a2[kk]; s13 += w1[kk] * a3[kk];
+                }
+                Z[i * n + j] += s00;       Z[i * n + j + 1] += s10;
+                Z[(i + 1) * n + j] += s01; Z[(i + 1) * n + j + 1] += s11;
+                Z[(i + 2) * n + j] += s02; Z[(i + 2) * n + j + 1] += s12;
+                Z[(i + 3) * n + j] += s03; Z[(i + 3) * n + j + 1] += s13;
+            }
+            for (; i + 2 <= m; i += 2) {
+                const T *a0 = A + i * k + t0, *a1 = a0 + k;
+                VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
+                for (kk = 0; kk < tv; kk += VL) {
+                    VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
+                    VT y0 = VLOAD(a0 + kk), y1 = VLOAD(a1 + kk);
+                    c00 = VFMA(x0, y0, c00); c10 = VFMA(x1, y0, c10);
+                    c01 = VFMA(x0, y1, c01); c11 = VFMA(x1, y1, c11);
+                }
+                T s00 = HSUM(c00), s01 = HSUM(c01), s10 = HSUM(c10), s11 = HSUM(c11);
+                for (kk = tv; kk < tw; kk++) {
+                    s00 += w0[kk] * a0[kk]; s01 += w0[kk] * a1[kk];
+                    s10 += w1[kk] * a0[kk]; s11 += w1[kk] * a1[kk];
+                }
+                Z[i * n + j] += s00;       Z[i * n + j + 1] += s10;
+                Z[(i + 1) * n + j] += s01; Z[(i + 1) * n + j + 1] += s11;
+            }
+            for (; i < m; i++) {
+                const T *a0 = A + i * k + t0;
+                VT c0 = VZERO(), c1 = VZERO();
+                for (kk = 0; kk < tv; kk += VL) {
+                    VT y = VLOAD(a0 + kk);
+                    c0 = VFMA(VLOAD(w0 + kk), y, c0);
+                    c1 = VFMA(VLOAD(w1 + kk), y, c1);
+                }
+                T s0 = HSUM(c0), s1 = HSUM(c1);
+                for (kk = tv; kk < tw; kk++) { s0 += w0[kk] * a0[kk]; s1 += w1[kk] * a0[kk]; }
+                Z[i * n + j] += s0; Z[i * n + j + 1] += s1;
+            }
+        }
+        for (; j < n; j++) {
+            const T *w0 = W + j * k + t0;
+            for (i = 0; i < m; i++) {
+                const T *a0 = A + i * k + t0;
+                VT c0 = VZERO();
+                for (kk = 0; kk < tv; kk += VL) c0 = VFMA(VLOAD(w0 + kk), VLOAD(a0 + kk), c0);
+                T s0 = HSUM(c0);
+                for (kk = tv; kk < tw; kk++) s0 += w0[kk] * a0[kk];
+                Z[i * n + j] += s0;
+            }
+        }
+    }
+}
+
+/* The update of one vector of parameters, the same arithmetic as
+ * update_segment in _core.pyx (the build sets -ffp-contract=off, so neither
+ * is contracted into FMAs and the rounding is identical). */
+#define UPDATE_VEC(pp, gv, vv, chk)                                             \
+    do {                                                                        \
+        VT p_ = VLOAD(pp), w_;                                                  \
+        if (mode == 0) {                                                        \
+            w_ = VSUB(VMUL(cc, p_), VMUL(ee, gv));                              \
+        } else {                                                                \
+            VT gg_ = VADD(gv, VMUL(ll, p_));                                    \
+            VT v_ = VSUB(VMUL(mm, VLOAD(vv)), VMUL(ee, gg_));                   \
+            VSTORE(vv, v_);                                                     \
+            w_ = (mode == 1) ? VADD(p_, v_)                                     \
+                             : VADD(p_, VSUB(VMUL(mm, v_), VMUL(ee, gg_)));     \
+        }                                                                       \
+        VSTORE(pp, w_);                                                         \
+        chk = VADD(chk, VSUB(w_, w_));                                          \
+    } while (0)
+
+static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, int mode, T eta, T mu, T l2)
+{
+    T w, vi, gg;
+    if (mode == 0) {
+        w = (1 - eta * l2) * *p - eta * g;
+    } else {
+        gg = g + l2 * *p;
+        vi = mu * *v - eta * gg;
+        *v = vi;
+        w = mode == 1 ? *p + vi : *p + (mu * vi - eta * gg);
+    }
+    *p = w;
+    return !(w - w == 0);
+}
+
+/* W <- update(W, D^T A) for W: n x k, D: m x n, A: m x k, with velocity V
+ * (same shape), without storing the gradient: for four rows of W at a time
+ * and one vector of columns, g = sum_i D[i, j] A[i, cols] is formed in
+ * registers and applied at once. mode: 0 plain (V unused), 1 momentum,
+ * 2 Nesterov; l2 multiplies W (pass 0 for biases). Returns 1 if a new value
+ * is not finite. */
+FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *A, T *W, T *V,
+                                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                                int mode, T eta, T mu, T l2)
+{
+    Py_ssize_t i, j, kk, t0, tw, tv;
+    VT ee = VSET1(eta), mm = VSET1(mu), ll = VSET1(l2), cc = VSET1(1 - eta * l2);
+    VT chk = VZERO();
+    int bad = 0;
+    for (t0 = 0; t0 < k; t0 += FASTNN_KTILE) {
+        tw = k - t0 < FASTNN_KTILE ? k - t0 : FASTNN_KTILE;
+        tv = tw - tw % VL;
+        for (j = 0; j + 4 <= n; j += 4) {
+            T *p0 = W + j * k + t0, *p1 = p0 + k, *p2 = p1 + k, *p3 = p2 + k;
+            T *v0 = V + j * k + t0, *v1 = v0 + k, *v2 = v1 + k, *v3 = v2 + k;
+            for (kk = 0; kk + 2 * VL <= tv; kk += 2 * VL) {
+                /* 4 rows x 2 vectors: 6 loads feed 8 FMAs */
+                VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
+                VT h0 = VZERO(), h1 = VZERO(), h2 = VZERO(), h3 = VZERO();
+                for (i = 0; i < m; i++) {
+                    const T *ai = A + i * k + t0 + kk;
+                    VT a = VLOAD(ai), b = VLOAD(ai + VL);
+                    const T *d = D + i * n + j;
+                    VT d0 = VSET1(d[0]), d1 = VSET1(d[1]), d2 = VSET1(d[2]), d3 = VSET1(d[3]);
+                    g0 = VFMA(d0, a, g0); h0 = VFMA(d0, b, h0);
+                    g1 = VFMA(d1, a, g1); h1 = VFMA(d1, b, h1);
+                    g2 = VFMA(d2, a, g2); h2 = VFMA(d2, b, h2);
+                    g3 = VFMA(d3, a, g3); h3 = VFMA(d3, b, h3);
+                }
+                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk); UPDATE_VEC(p0 + kk + VL, h0, v0 + kk + VL, chk);
+                UPDATE_VEC(p1 + kk, g1, v1 + kk, chk); UPDATE_VEC(p1 + kk + VL, h1, v1 + kk + VL, chk);
+                UPDATE_VEC(p2 + kk, g2, v2 + kk, chk); UPDATE_VEC(p2 + kk + VL, h2, v2 + kk + VL, chk);
+                UPDATE_VEC(p3 + kk, g3, v3 + kk, chk); UPDATE_VEC(p3 + kk + VL, h3, v3 + kk + VL, chk);
+            }
+            for (; kk < tv; kk += VL) {
+                VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
+                for (i = 0; i < m; i++) {
+                    VT a = VLOAD(A + i * k + t0 + kk);
+                    const T *d = D + i * n + j;
+                    g0 = VFMA(VSET1(d[0]), a, g0);
+                    g1 = VFMA(VSET1(d[1]), a, g1);
+                    g2 = VFMA(VSET1(d[2]), a, g2);
+                    g3 = VFMA(VSET1(d[3]), a, g3);
+                }
+                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk);
+                UPDATE_VEC(p1 + kk, g1, v1 + kk, chk);
+                UPDATE_VEC(p2 + kk, g2, v2 + kk, chk);
+                UPDATE_VEC(p3 + kk, g3, v3 + kk, chk);
+            }
+        }
+        for (; j < n; j++) {
+            T *p0 = W + j * k + t0, *v0 = V + j * k + t0;
+            for (kk = 0; kk < tv; kk += VL) {
+                VT g0 = VZERO();
+                for (i = 0; i < m; i++)
+                    g0 = VFMA(VSET1(D[i * n + j]), VLOAD(A + i * k + t0 + kk), g0);
+                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk);
+            }
+        }
+        /* columns past the last full vector */
+        for (j = 0; j < n; j++) {
+            for (kk = tv; kk < tw; kk++) {
+                T g = 0;
+                for (i = 0; i < m; i++) g += D[i * n + j] * A[i * k + t0 + kk];
+                bad |= CAT(update_scalar, SFX)(W + j * k + t0 + kk, g, V + j * k + t0 + kk,
+                                              mode, eta, mu, l2);
+            }
+        }
+    }
+    {
+        T c = HSUM(chk);
+        bad |= !(c == 0);
+    }
+    return bad;
+}
+
+#undef UPDATE_VEC
+#undef CAT
+#undef CAT_
