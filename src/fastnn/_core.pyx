@@ -189,10 +189,21 @@ cdef void bias_activate(int code, floating* Z, const floating* b,
 
 
 cdef void forward(const Net* net, const floating* params, const floating* A0,
-                  floating* work, Py_ssize_t m, bint keep_z) noexcept nogil:
-    """A_1..A_L for the m rows of A0 (row stride sizes[0])."""
+                  const floating** rows, floating* work, Py_ssize_t m,
+                  bint keep_z) noexcept nogil:
+    """A_1..A_L for the m input rows.
+
+    Batches of at most ``small_max_rows`` rows use the small-batch kernels,
+    which read rows through pointers: ``rows`` holds ``m * (L + 1)`` slots,
+    the first m already pointing at the input rows (anywhere in memory), and
+    the rest are filled here (``rows[l*m + i]`` = row i of A_l) for
+    ``backward_update``. Larger batches use BLAS on the contiguous ``A0``
+    (row stride sizes[0]); ``rows`` is then unused.
+    """
     cdef int l
+    cdef Py_ssize_t i
     cdef int n_in, n_out
+    cdef bint small = m <= small_max_rows
     cdef const floating* A = A0
     cdef floating* Z
     cdef const floating* W
@@ -201,10 +212,12 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
         n_out = net.sizes[l + 1]
         W = params + net.woff[l]
         Z = act_ptr(net, work, m, l + 1)
-        # Z = A W^T  (row-major (m, n_in) x (n_in, n_out))
-        if m <= small_max_rows:
-            small_nt(A, W, Z, m, n_out, n_in)
+        if small:
+            small_nt(rows + l * m, W, Z, m, n_out, n_in)
+            for i in range(m):
+                rows[(l + 1) * m + i] = Z + i * n_out
         else:
+            # Z = A W^T  (row-major (m, n_in) x (n_in, n_out))
             gemm_rm(NoTrans, Trans, <int>m, n_out, n_in, <floating>1.0, A, n_in,
                     W, n_in, <floating>0.0, Z, n_out)
         bias_activate(net.acts[l], Z, W + <Py_ssize_t>n_out * n_in, m, n_out,
@@ -399,14 +412,14 @@ cdef enum:
 
 cdef extern from "_small.h" nogil:
     int fastnn_small_available()
-    void small_nt_d(const double* A, const double* W, double* Z,
+    void small_nt_d(const double** Ar, const double* W, double* Z,
                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
-    void small_nt_s(const float* A, const float* W, float* Z,
+    void small_nt_s(const float** Ar, const float* W, float* Z,
                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
-    int small_tn_update_d(const double* D, const double* A, double* W, double* V,
+    int small_tn_update_d(const double* D, const double** Ar, double* W, double* V,
                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
                           double eta, double mu, double l2)
-    int small_tn_update_s(const float* D, const float* A, float* W, float* V,
+    int small_tn_update_s(const float* D, const float** Ar, float* W, float* V,
                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
                           float eta, float mu, float l2)
 
@@ -436,28 +449,28 @@ def set_small_max_rows(Py_ssize_t rows):
     return old
 
 
-cdef inline void small_nt(const floating* A, const floating* W, floating* Z,
+cdef inline void small_nt(const floating** Ar, const floating* W, floating* Z,
                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     if floating is float:
-        small_nt_s(A, W, Z, m, n, k)
+        small_nt_s(Ar, W, Z, m, n, k)
     else:
-        small_nt_d(A, W, Z, m, n, k)
+        small_nt_d(Ar, W, Z, m, n, k)
 
 
-cdef inline int small_tn_update(const floating* D, const floating* A, floating* W,
+cdef inline int small_tn_update(const floating* D, const floating** Ar, floating* W,
                                 floating* V, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                 int mode, floating eta, floating mu,
                                 floating l2) noexcept nogil:
     if floating is float:
-        return small_tn_update_s(D, A, W, V, m, n, k, mode, eta, mu, l2)
+        return small_tn_update_s(D, Ar, W, V, m, n, k, mode, eta, mu, l2)
     else:
-        return small_tn_update_d(D, A, W, V, m, n, k, mode, eta, mu, l2)
+        return small_tn_update_d(D, Ar, W, V, m, n, k, mode, eta, mu, l2)
 
 
 cdef int backward_update(const Net* net, floating* params, floating* grad,
-                         floating* vel, const floating* A0, floating* work,
-                         Py_ssize_t m, floating eta, floating mu, floating l2,
-                         bint nesterov) noexcept nogil:
+                         floating* vel, const floating* A0, const floating** rows,
+                         floating* work, Py_ssize_t m, floating eta, floating mu,
+                         floating l2, bint nesterov) noexcept nogil:
     """Backward pass that updates each layer as soon as its delta is known.
 
     Going down from the output, layer l first propagates the delta with its
@@ -490,7 +503,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
         gW = grad + net.woff[l]
         gb = gW + nw
         if m <= small_max_rows:
-            bad |= small_tn_update(D, A, W, vel + net.woff[l], m, n_out, n_in,
+            bad |= small_tn_update(D, rows + l * m, W, vel + net.woff[l], m, n_out, n_in,
                                    0 if mu == 0 else (2 if nesterov else 1), eta, mu, l2)
         else:
             gemm_rm(Trans, NoTrans, n_out, n_in, <int>m, <floating>1.0, D, n_out,
@@ -582,6 +595,19 @@ cdef inline const Py_ssize_t* opt_labels(const Py_ssize_t[::1] labels) noexcept 
     return &labels[0] if labels.shape[0] > 0 else NULL
 
 
+cdef Py_ssize_t[::1] row_slots(const Net* net, Py_ssize_t m):
+    """Storage for the ``m * (L + 1)`` row pointers of ``forward``'s small path
+    (any batch of at most m rows, the last partial one included, may take it)."""
+    return np.empty(max(m, 1) * (net.L + 1), dtype=np.intp)
+
+
+cdef inline void point_rows(const floating** rows, const floating* X, Py_ssize_t first,
+                            Py_ssize_t m, Py_ssize_t n0) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        rows[i] = X + (first + i) * n0
+
+
 def feedforward(const int[::1] sizes, const int[::1] acts, int cost,
                 const floating[::1] params, const floating[:, ::1] X,
                 floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk):
@@ -593,11 +619,14 @@ def feedforward(const int[::1] sizes, const int[::1] acts, int cost,
     make_net(&net, sizes, acts, cost)
     cdef Py_ssize_t n = X.shape[0], n0 = net.sizes[0], nL = net.sizes[net.L]
     cdef Py_ssize_t s, m
+    cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
+    cdef const floating** rows = <const floating**>&slots[0]
     with nogil:
         s = 0
         while s < n:
             m = min(chunk, n - s)
-            forward(&net, &params[0], &X[s, 0], &work[0], m, False)
+            point_rows(rows, &X[0, 0], s, m, n0)
+            forward(&net, &params[0], &X[s, 0], rows, &work[0], m, False)
             memcpy(&out[s, 0], act_ptr(&net, &work[0], m, net.L),
                    m * nL * sizeof(floating))
             s += m
@@ -627,11 +656,14 @@ def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
     cdef floating* A
     cdef floating* Z
     cdef floating scale = (1.0 / n) if n > 0 else 0.0
+    cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
+    cdef const floating** rows = <const floating**>&slots[0]
     with nogil:
         s = 0
         while s < n:
             m = min(chunk, n - s)
-            forward(&net, &params[0], &X[s, 0], wk, m, True)
+            point_rows(rows, &X[0, 0], s, m, net.sizes[0])
+            forward(&net, &params[0], &X[s, 0], rows, wk, m, True)
             A = act_ptr(&net, wk, m, net.L)
             Z = zout_ptr(&net, wk, m)
             for i in range(m):
@@ -712,18 +744,25 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef const floating* Xp = &X[0, 0]
     cdef const Py_ssize_t* pp = &perm[0]
     cdef int bad = 0
+    cdef Py_ssize_t[::1] slots = row_slots(&net, batch_size)
+    cdef const floating** rows = <const floating**>&slots[0]
     with nogil:
         s = start
         while s < stop:
             m = min(batch_size, stop - s)
-            for i in range(m):
-                memcpy(wk + i * n0, Xp + pp[s + i] * n0, n0 * sizeof(floating))
+            if m <= small_max_rows:
+                # the small kernels read the batch's rows where they are
+                for i in range(m):
+                    rows[i] = Xp + pp[s + i] * n0
+            else:
+                for i in range(m):
+                    memcpy(wk + i * n0, Xp + pp[s + i] * n0, n0 * sizeof(floating))
             if prefetch:
                 # ask for the next batch's rows now; they arrive during this step
                 prefetch_rows(Xp, pp + s + m, min(batch_size, stop - s - m), n0)
-            forward(&net, &params[0], wk, wk, m, False)
+            forward(&net, &params[0], wk, rows, wk, m, False)
             output_delta(&net, wk, m, Yp, lp, pp + s, <floating>(1.0 / m))
-            bad = backward_update(&net, &params[0], &grad[0], &vel[0], wk, wk, m,
+            bad = backward_update(&net, &params[0], &grad[0], &vel[0], wk, rows, wk, m,
                                   <floating>eta, <floating>mu, <floating>l2, nesterov)
             steps += 1
             s += m

@@ -100,11 +100,11 @@ static int fastnn_small_available(void)
 #else  /* no AVX2 kernels in this build: callers use BLAS */
 #define FASTNN_HAVE_SMALL 0
 static int fastnn_small_available(void) { return 0; }
-static void small_nt_d(const double *A, const double *W, double *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
-static void small_nt_s(const float *A, const float *W, float *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
-static int small_tn_update_d(const double *D, const double *A, double *W, double *V, Py_ssize_t m,
+static void small_nt_d(const double *const *A, const double *W, double *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
+static void small_nt_s(const float *const *A, const float *W, float *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
+static int small_tn_update_d(const double *D, const double *const *A, double *W, double *V, Py_ssize_t m,
                              Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu, double l2) { return 1; }
-static int small_tn_update_s(const float *D, const float *A, float *W, float *V, Py_ssize_t m,
+static int small_tn_update_s(const float *D, const float *const *A, float *W, float *V, Py_ssize_t m,
                              Py_ssize_t n, Py_ssize_t k, int mode, float eta, float mu, float l2) { return 1; }
 #endif
 

@@ -16,8 +16,9 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
-/* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n) */
-FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *A, const T *W, T *Z,
+/* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
+ * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered). */
+FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
                                            Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
 {
     Py_ssize_t i, j, kk, t0, tw;
@@ -28,7 +29,7 @@ FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *A, const T *W, T *Z,
         for (j = 0; j + 2 <= n; j += 2) {
             const T *w0 = W + j * k + t0, *w1 = w0 + k;
             for (i = 0; i + 4 <= m; i += 4) {
-                const T *a0 = A + i * k + t0, *a1 = a0 + k, *a2 = a1 + k, *a3 = a2 + k;
+                const T *a0 = Ar[i] + t0, *a1 = Ar[i + 1] + t0, *a2 = Ar[i + 2] + t0, *a3 = Ar[i + 3] + t0;
                 VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
                 VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
                 for (kk = 0; kk < tv; kk += VL) {
@@ -56,7 +57,7 @@ FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *A, const T *W, T *Z,
                 Z[(i + 3) * n + j] += s03; Z[(i + 3) * n + j + 1] += s13;
             }
             for (; i + 2 <= m; i += 2) {
-                const T *a0 = A + i * k + t0, *a1 = a0 + k;
+                const T *a0 = Ar[i] + t0, *a1 = Ar[i + 1] + t0;
                 VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
                 for (kk = 0; kk < tv; kk += VL) {
                     VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
@@ -73,7 +74,7 @@ FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *A, const T *W, T *Z,
                 Z[(i + 1) * n + j] += s01; Z[(i + 1) * n + j + 1] += s11;
             }
             for (; i < m; i++) {
-                const T *a0 = A + i * k + t0;
+                const T *a0 = Ar[i] + t0;
                 VT c0 = VZERO(), c1 = VZERO();
                 for (kk = 0; kk < tv; kk += VL) {
                     VT y = VLOAD(a0 + kk);
@@ -88,7 +89,7 @@ FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *A, const T *W, T *Z,
         for (; j < n; j++) {
             const T *w0 = W + j * k + t0;
             for (i = 0; i < m; i++) {
-                const T *a0 = A + i * k + t0;
+                const T *a0 = Ar[i] + t0;
                 VT c0 = VZERO();
                 for (kk = 0; kk < tv; kk += VL) c0 = VFMA(VLOAD(w0 + kk), VLOAD(a0 + kk), c0);
                 T s0 = HSUM(c0);
@@ -133,13 +134,13 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, int mode, T eta, T mu
     return !(w - w == 0);
 }
 
-/* W <- update(W, D^T A) for W: n x k, D: m x n, A: m x k, with velocity V
+/* W <- update(W, D^T A) for W: n x k, D: m x n, A: m x k (row i at Ar[i]), with velocity V
  * (same shape), without storing the gradient: for four rows of W at a time
  * and one vector of columns, g = sum_i D[i, j] A[i, cols] is formed in
  * registers and applied at once. mode: 0 plain (V unused), 1 momentum,
  * 2 Nesterov; l2 multiplies W (pass 0 for biases). Returns 1 if a new value
  * is not finite. */
-FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *A, T *W, T *V,
+FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *const *Ar, T *W, T *V,
                                                 Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                                 int mode, T eta, T mu, T l2)
 {
@@ -158,7 +159,7 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *A, T *W, T
                 VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
                 VT h0 = VZERO(), h1 = VZERO(), h2 = VZERO(), h3 = VZERO();
                 for (i = 0; i < m; i++) {
-                    const T *ai = A + i * k + t0 + kk;
+                    const T *ai = Ar[i] + t0 + kk;
                     VT a = VLOAD(ai), b = VLOAD(ai + VL);
                     const T *d = D + i * n + j;
                     VT d0 = VSET1(d[0]), d1 = VSET1(d[1]), d2 = VSET1(d[2]), d3 = VSET1(d[3]);
@@ -175,7 +176,7 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *A, T *W, T
             for (; kk < tv; kk += VL) {
                 VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
                 for (i = 0; i < m; i++) {
-                    VT a = VLOAD(A + i * k + t0 + kk);
+                    VT a = VLOAD(Ar[i] + t0 + kk);
                     const T *d = D + i * n + j;
                     g0 = VFMA(VSET1(d[0]), a, g0);
                     g1 = VFMA(VSET1(d[1]), a, g1);
@@ -193,7 +194,7 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *A, T *W, T
             for (kk = 0; kk < tv; kk += VL) {
                 VT g0 = VZERO();
                 for (i = 0; i < m; i++)
-                    g0 = VFMA(VSET1(D[i * n + j]), VLOAD(A + i * k + t0 + kk), g0);
+                    g0 = VFMA(VSET1(D[i * n + j]), VLOAD(Ar[i] + t0 + kk), g0);
                 UPDATE_VEC(p0 + kk, g0, v0 + kk, chk);
             }
         }
@@ -201,7 +202,7 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *A, T *W, T
         for (j = 0; j < n; j++) {
             for (kk = tv; kk < tw; kk++) {
                 T g = 0;
-                for (i = 0; i < m; i++) g += D[i * n + j] * A[i * k + t0 + kk];
+                for (i = 0; i < m; i++) g += D[i * n + j] * Ar[i][t0 + kk];
                 bad |= CAT(update_scalar, SFX)(W + j * k + t0 + kk, g, V + j * k + t0 + kk,
                                               mode, eta, mu, l2);
             }
