@@ -212,10 +212,10 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
         n_out = net.sizes[l + 1]
         W = params + net.woff[l]
         Z = act_ptr(net, work, m, l + 1)
+        for i in range(m):
+            rows[(l + 1) * m + i] = Z + i * n_out
         if small:
             small_nt(rows + l * m, W, Z, m, n_out, n_in)
-            for i in range(m):
-                rows[(l + 1) * m + i] = Z + i * n_out
         else:
             # Z = A W^T  (row-major (m, n_in) x (n_in, n_out))
             gemm_rm(NoTrans, Trans, <int>m, n_out, n_in, <floating>1.0, A, n_in,
@@ -429,6 +429,15 @@ cdef extern from "_small.h" nogil:
 # and other CPUs, use BLAS followed by the one-pass update.
 SMALL_KERNELS_AVAILABLE = bool(fastnn_small_available())
 cdef Py_ssize_t small_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
+cdef Py_ssize_t fused_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
+
+
+def set_fused_max_rows(Py_ssize_t rows):
+    """Largest batch whose weight gradient is fused with the update; returns the old value."""
+    global fused_max_rows
+    old = fused_max_rows
+    fused_max_rows = rows if SMALL_KERNELS_AVAILABLE else 0
+    return old
 
 
 def get_small_max_rows():
@@ -443,9 +452,10 @@ def set_small_max_rows(Py_ssize_t rows):
     the switch exists for tests and benchmarks. Ignored (stays 0) on CPUs
     without AVX2 and FMA.
     """
-    global small_max_rows
+    global small_max_rows, fused_max_rows
     old = small_max_rows
     small_max_rows = rows if SMALL_KERNELS_AVAILABLE else 0
+    fused_max_rows = small_max_rows
     return old
 
 
@@ -502,7 +512,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
                              m * n_in)
         gW = grad + net.woff[l]
         gb = gW + nw
-        if m <= small_max_rows:
+        if m <= fused_max_rows:
             bad |= small_tn_update(D, rows + l * m, W, vel + net.woff[l], m, n_out, n_in,
                                    0 if mu == 0 else (2 if nesterov else 1), eta, mu, l2)
         else:
@@ -757,6 +767,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
             else:
                 for i in range(m):
                     memcpy(wk + i * n0, Xp + pp[s + i] * n0, n0 * sizeof(floating))
+                    rows[i] = wk + i * n0
             if prefetch:
                 # ask for the next batch's rows now; they arrive during this step
                 prefetch_rows(Xp, pp + s + m, min(batch_size, stop - s - m), n0)

@@ -12,6 +12,7 @@
 #include <Python.h>
 
 #define FASTNN_KTILE 256
+#define FASTNN_TILED_MAX_ROWS 16
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FASTNN_HAVE_SMALL 1

@@ -18,7 +18,7 @@
 
 /* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
  * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered). */
-FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
+FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W, T *Z,
                                            Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
 {
     Py_ssize_t i, j, kk, t0, tw;
@@ -98,6 +98,80 @@ FASTNN_AVX2 static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
             }
         }
     }
+}
+
+/* The same product for larger batches: four rows of A at a time stay in L1
+ * while all of W streams past them (from L2), each dot product over the whole
+ * of k, so there is one horizontal sum per output. */
+FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, T *Z,
+                                               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+{
+    Py_ssize_t i0, i, j, kk, r;
+    Py_ssize_t kv = k - k % VL;
+    for (i0 = 0; i0 < m; i0 += 4) {
+        r = m - i0 < 4 ? m - i0 : 4;
+        if (r < 4) {
+            /* last rows: the tiled kernel handles any shape */
+            CAT(small_nt_tiled, SFX)(Ar + i0, W, Z + i0 * n, r, n, k);
+            break;
+        }
+        const T *a0 = Ar[i0], *a1 = Ar[i0 + 1], *a2 = Ar[i0 + 2], *a3 = Ar[i0 + 3];
+        for (j = 0; j + 2 <= n; j += 2) {
+            const T *w0 = W + j * k, *w1 = w0 + k;
+            VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
+            VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
+            for (kk = 0; kk < kv; kk += VL) {
+                VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
+                VT y = VLOAD(a0 + kk);
+                c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);
+                y = VLOAD(a1 + kk);
+                c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);
+                y = VLOAD(a2 + kk);
+                c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);
+                y = VLOAD(a3 + kk);
+                c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);
+            }
+            T s00 = HSUM(c00), s01 = HSUM(c01), s02 = HSUM(c02), s03 = HSUM(c03);
+            T s10 = HSUM(c10), s11 = HSUM(c11), s12 = HSUM(c12), s13 = HSUM(c13);
+            for (kk = kv; kk < k; kk++) {
+                s00 += w0[kk] * a0[kk]; s01 += w0[kk] * a1[kk];
+                s02 += w0[kk] * a2[kk]; s03 += w0[kk] * a3[kk];
+                s10 += w1[kk] * a0[kk]; s11 += w1[kk] * a1[kk];
+                s12 += w1[kk] * a2[kk]; s13 += w1[kk] * a3[kk];
+            }
+            i = i0;
+            Z[i * n + j] = s00;       Z[i * n + j + 1] = s10;
+            Z[(i + 1) * n + j] = s01; Z[(i + 1) * n + j + 1] = s11;
+            Z[(i + 2) * n + j] = s02; Z[(i + 2) * n + j + 1] = s12;
+            Z[(i + 3) * n + j] = s03; Z[(i + 3) * n + j + 1] = s13;
+        }
+        for (; j < n; j++) {
+            const T *w0 = W + j * k;
+            VT c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
+            for (kk = 0; kk < kv; kk += VL) {
+                VT x0 = VLOAD(w0 + kk);
+                c0 = VFMA(x0, VLOAD(a0 + kk), c0); c1 = VFMA(x0, VLOAD(a1 + kk), c1);
+                c2 = VFMA(x0, VLOAD(a2 + kk), c2); c3 = VFMA(x0, VLOAD(a3 + kk), c3);
+            }
+            T s0 = HSUM(c0), s1 = HSUM(c1), s2 = HSUM(c2), s3 = HSUM(c3);
+            for (kk = kv; kk < k; kk++) {
+                s0 += w0[kk] * a0[kk]; s1 += w0[kk] * a1[kk];
+                s2 += w0[kk] * a2[kk]; s3 += w0[kk] * a3[kk];
+            }
+            Z[i0 * n + j] = s0; Z[(i0 + 1) * n + j] = s1;
+            Z[(i0 + 2) * n + j] = s2; Z[(i0 + 3) * n + j] = s3;
+        }
+    }
+}
+
+/* Z = A W^T: k-tiled (W read once) for the smallest batches, rows-outer above. */
+static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
+                               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+{
+    if (m <= FASTNN_TILED_MAX_ROWS)
+        CAT(small_nt_tiled, SFX)(Ar, W, Z, m, n, k);
+    else
+        CAT(small_nt_rows, SFX)(Ar, W, Z, m, n, k);
 }
 
 /* The update of one vector of parameters, the same arithmetic as
