@@ -85,10 +85,14 @@ def check_X(X, n_features, dtype, name="X"):
         raise ValueError(f"The {name!r} parameter must hold at least one sample. "
                          f"Got shape {arr.shape}.")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"The {name!r} parameter must be finite; it holds NaN or inf "
-                         f"(first at row {bad[0]}, column {bad[1]}).")
+    # checked in blocks of rows, so the check needs no temporary the size of X
+    step = max(1, (1 << 22) // max(1, n_features))
+    for start in range(0, arr.shape[0], step):
+        block = arr[start:start + step]
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise ValueError(f"The {name!r} parameter must be finite; it holds NaN or inf "
+                             f"(first at row {start + bad[0]}, column {bad[1]}).")
     return arr
 
 
