@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 from fastnn import _kernels  # noqa: F401  (fails early, with a fix, if the build is missing)
 from fastnn.io import load
 from fastnn.network import Network
-from fastnn.optimizers import SGD
+from fastnn.optimizers import SGD, Adam
 from fastnn.training import Callback, EarlyStopping, History, TrainingDiverged
 
-__all__ = ["Network", "SGD", "load", "History", "Callback", "EarlyStopping", "TrainingDiverged",
+__all__ = ["Network", "SGD", "Adam", "load", "History", "Callback", "EarlyStopping", "TrainingDiverged",
            "__version__"]

@@ -82,34 +82,56 @@ def evaluate(net, params, X, T, want_grad):
     return total, correct, grad
 
 
-def sgd_update(net, params, grad, vel, eta, mu, l2, nesterov):
-    """One update of params (and vel) in place; returns True if all finite."""
+def update(net, params, grad, vel, sq, mode, eta, mu, l2, beta1, beta2, eps, t):
+    """One update of params (and its state) in place; returns True if all finite.
+
+    mode: 0 plain, 1 momentum, 2 Nesterov, 3 Adam (t = this step's number)."""
     mask = net._weight_mask
     g = grad + np.where(mask, l2 * params, 0).astype(params.dtype)
-    if mu == 0:
+    if mode == 0:
         params[mask] = (1 - eta * l2) * params[mask] - eta * grad[mask]
         params[~mask] = params[~mask] - eta * grad[~mask]
-    else:
+    elif mode in (1, 2):
         vel[:] = mu * vel - eta * g
-        if nesterov:
+        if mode == 2:
             params += mu * vel - eta * g
         else:
             params += vel
+    else:
+        lr_t = eta * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        vel[:] = beta1 * vel + (1 - beta1) * g
+        sq[:] = beta2 * sq + (1 - beta2) * (g * g)
+        params -= lr_t * vel / (np.sqrt(sq) + eps)
     return bool(np.isfinite(params).all())
 
 
-def train_steps(net, params, grad, vel, X, Y, labels, perm, batch_size, start, stop,
-                eta, mu, l2, nesterov):
-    """Same contract as ``fastnn._core.train_steps``: returns (steps_done, finite)."""
+def sgd_update(net, params, grad, vel, eta, mu, l2, nesterov):
+    """The SGD rules of ``update``."""
+    mode = 0 if mu == 0 else (2 if nesterov else 1)
+    return update(net, params, grad, vel, vel, mode, eta, mu, l2, 0.0, 0.0, 0.0, 0)
+
+
+def train_steps(net, params, grad, vel, sq, X, Y, labels, perm, batch_size, start, stop,
+                mode, eta, mu, l2, l2_per_batch, beta1, beta2, eps, t, want_loss):
+    """Same contract as ``fastnn._core.train_steps``: (steps_done, finite, loss_sum, t)."""
     T = net._targets(Y, labels)
-    steps, s = 0, start
+    steps, s, loss = 0, start, 0.0
     while s < stop:
         idx = perm[s:min(s + batch_size, stop)]
-        acts, _ = forward(net, params, X[idx])
+        m = len(idx)
+        l2_b = l2 / m if l2_per_batch else l2
+        acts, z = forward(net, params, X[idx])
+        if want_loss:
+            loss += _cost_sum(net.cost, z, acts[-1], T[idx])
+            if l2_b:
+                loss += 0.5 * l2_b * m * sum(float(np.sum(W.astype(np.float64) ** 2))
+                                             for W, _ in layer_views(net, params))
         grad[:] = backward(net, params, acts, T[idx])
-        finite = sgd_update(net, params, grad, vel, eta, mu, l2, nesterov)
+        if mode == 3:
+            t += 1
+        finite = update(net, params, grad, vel, sq, mode, eta, mu, l2_b, beta1, beta2, eps, t)
         steps += 1
-        s += len(idx)
+        s += m
         if not finite:
-            return steps, False
-    return steps, True
+            return steps, False, loss, t
+    return steps, True, loss, t

@@ -18,7 +18,7 @@ import numpy as np
 from fastnn import reference
 from fastnn._kernels import _core
 from fastnn._validation import check_int, check_real, check_seed
-from fastnn.optimizers import SGD
+from fastnn.optimizers import SGD, Optimizer
 
 
 class TrainingDiverged(FloatingPointError):
@@ -133,73 +133,100 @@ def _split_callbacks(callbacks):
 
 
 class Trainer:
-    """Mini-batch SGD epochs on validated arrays, for ``fit`` and the facades.
+    """Mini-batch epochs on validated arrays, for ``fit`` and the facades.
 
     Holds the network, the training arrays, the gradient buffer, the workspace
-    (one batch) and the optimizer's velocity, so an epoch only needs its
+    (one batch) and the optimizer's state, so an epoch only needs its
     permutation: ``run_epoch(perm)`` trains on the batches
     ``perm[0:b], perm[b:2b], ...`` (the last one partial) in the kernels, or in
-    the NumPy reference with ``engine="numpy"``. The update uses
-    ``l2 = lmbda / n`` with n = len(X).
+    the NumPy reference with ``engine="numpy"``.
+
+    ``l2_scale`` sets the L2 term of the gradient: ``"n"`` (the book's) uses
+    ``(lmbda / n) W`` with n = len(X); ``"batch"`` (scikit-learn's alpha) uses
+    ``(lmbda / m) W`` for a batch of m rows.
     """
 
     def __init__(self, net, X, Y, labels, *, batch_size, optimizer, lmbda, engine="cython",
-                 _validated=False):
+                 l2_scale="n", _validated=False):
+        from fastnn.optimizers import Optimizer
         if not _validated:
             batch_size = check_int(batch_size, "batch_size", low=1)
             lmbda = check_real(lmbda, "lmbda", low=0.0)
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"The 'optimizer' parameter must be a fastnn optimizer (SGD, Adam). "
+                                f"Got {optimizer!r} instead.")
+        if l2_scale not in ("n", "batch"):
+            raise ValueError(f"The 'l2_scale' parameter must be 'n' or 'batch'. Got {l2_scale!r} instead.")
         self.net, self.X, self.Y, self.labels = net, X, Y, labels
         self.n = X.shape[0]
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.lmbda = lmbda
+        self.l2_scale = l2_scale
         self.engine = engine
         self.grad = np.empty_like(net.params)
-        self.vel = optimizer._state_for(net)
         self.work = (np.empty(_core.workspace_size(net._sizes_c, min(batch_size, self.n)),
                               dtype=net.dtype) if engine == "cython" else None)
 
-    def _steps(self, perm, start, stop):
+    def _steps(self, perm, start, stop, want_loss):
         net, opt = self.net, self.optimizer
-        l2 = self.lmbda / self.n
+        bufs = opt._state_for(net)
+        vel = bufs[0]
+        sq = bufs[1] if len(bufs) > 1 else bufs[0]
+        per_batch = self.l2_scale == "batch"
+        l2 = self.lmbda if per_batch else self.lmbda / self.n
+        args = (opt._mode, opt.eta, opt.momentum, l2, per_batch, getattr(opt, "beta1", 0.0),
+                getattr(opt, "beta2", 0.0), getattr(opt, "epsilon", 0.0), opt.t, want_loss)
         if self.engine == "cython":
-            return _core.train_steps(net._sizes_c, net._acts_c, net._cost_c, net.params, self.grad,
-                                     self.vel, self.X, self.Y, self.labels, perm, self.batch_size,
-                                     start, stop, self.work, opt.eta, opt.momentum, l2, opt.nesterov)
-        return reference.train_steps(net, net.params, self.grad, self.vel, self.X, self.Y,
-                                     self.labels, perm, self.batch_size, start, stop, opt.eta,
-                                     opt.momentum, l2, opt.nesterov)
+            done, finite, loss, t = _core.train_steps(
+                net._sizes_c, net._acts_c, net._cost_c, net.params, self.grad, vel, sq, self.X,
+                self.Y, self.labels, perm, self.batch_size, start, stop, self.work, *args)
+        else:
+            done, finite, loss, t = reference.train_steps(
+                net, net.params, self.grad, vel, sq, self.X, self.Y, self.labels, perm,
+                self.batch_size, start, stop, *args)
+        opt.t = t
+        return done, finite, loss
 
-    def run_epoch(self, perm, *, chunk=None, progress=None):
+    def run_epoch(self, perm, *, chunk=None, progress=None, want_loss=False):
         """Train one epoch over ``perm`` (an intp permutation of range(n)).
 
         The kernel runs ``chunk`` samples (a multiple of batch_size) per call and
         ``progress(samples_done)`` is called between calls. If a step makes a
         parameter non-finite, the epoch is replayed up to the step before and
         TrainingDiverged is raised (``step`` = index of the breaking mini-batch).
+
+        Returns None, or with ``want_loss`` the sum over the batches of
+        ``m * (C0 of the batch + l2/2 sum ||W||^2)`` taken before each update:
+        divided by n, the epoch's running training loss.
         """
-        params, vel, n, bs = self.net.params, self.vel, self.n, self.batch_size
+        params, n, bs = self.net.params, self.n, self.batch_size
+        opt = self.optimizer
         perm = np.ascontiguousarray(perm, dtype=np.intp)
         chunk = n if chunk is None else chunk
-        saved_params, saved_vel = params.copy(), vel.copy()
-        start = 0
+        saved = [params.copy()] + [b.copy() for b in opt._state_for(self.net)]
+        saved_t = opt.t
+        start, total = 0, 0.0
         while start < n:
             stop = min(n, start + chunk)
-            done, finite = self._steps(perm, start, stop)
+            done, finite, loss = self._steps(perm, start, stop, want_loss)
+            total += loss
             if not finite:
                 bad = start + (done - 1) * bs  # first sample of the breaking step
-                params[:] = saved_params
-                vel[:] = saved_vel
+                params[:] = saved[0]
+                for buf, old in zip(opt._state_for(self.net), saved[1:]):
+                    buf[:] = old
+                opt.t = saved_t
                 if bad > 0:
-                    self._steps(perm, 0, bad)
+                    self._steps(perm, 0, bad, False)
                 raise TrainingDiverged(
                     f"mini-batch {bad // bs}: the update made parameters non-finite. The network "
                     f"keeps the parameters of the last finite step; try a smaller eta (was "
-                    f"{self.optimizer.eta}) or momentum (was {self.optimizer.momentum}).",
-                    epoch=None, step=bad // bs, history=None)
+                    f"{opt.eta}).", epoch=None, step=bad // bs, history=None)
             start = stop
             if progress is not None:
                 progress(start)
+        return total if want_loss else None
 
 
 def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, validation_data=None,
@@ -211,8 +238,8 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
     ----------
     X : (n, sizes[0]) array; y : labels (n,) or targets (n, sizes[-1]).
     epochs : int >= 0; batch_size : int >= 1 (the last partial batch is trained).
-    optimizer : SGD (default ``SGD(eta=0.1)``); its velocity carries over to the
-        next fit of the same network.
+    optimizer : SGD or Adam (default ``SGD(eta=0.1)``); its state carries over
+        to the next fit of the same network.
     lmbda : L2 parameter >= 0; the update uses ``lmbda / n`` with n = len(X).
     validation_data : (X_val, y_val) monitored after every epoch.
     shuffle, seed : draw a new permutation every epoch from ``default_rng(seed)``.
@@ -230,9 +257,9 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
     seed = check_seed(seed)
     if optimizer is None:
         optimizer = SGD()
-    if not isinstance(optimizer, SGD):
-        raise TypeError(f"The 'optimizer' parameter must be a fastnn.SGD instance. "
-                        f"Got {optimizer!r} instead.")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"The 'optimizer' parameter must be a fastnn optimizer (fastnn.SGD or "
+                        f"fastnn.Adam). Got {optimizer!r} instead.")
     X, Y, labels = net._check_Xy(X, y)
     val = None
     if validation_data is not None:

@@ -25,7 +25,7 @@ Workspace for m rows, one buffer of the network's dtype, in this order::
 ``workspace_size(sizes, m)`` gives its length. Kernels trust their inputs:
 validation happens once, in the Python layer.
 """
-from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, fabs
+from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, fabs, sqrt, sqrtf, pow
 from libc.string cimport memcpy
 
 import numpy as np
@@ -119,6 +119,12 @@ cdef inline floating _log1p(floating x) noexcept nogil:
         return log1pf(x)
     else:
         return log1p(x)
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
 
 cdef inline floating _tanh(floating x) noexcept nogil:
     if floating is float:
@@ -345,36 +351,60 @@ cdef void backward(const Net* net, const floating* params, floating* grad,
 
 # ---------------------------------------------------------------- updates
 
-cdef int update_segment(floating* p, const floating* g, floating* v,
-                        Py_ssize_t n, floating eta, floating mu, floating l2,
-                        bint nesterov) noexcept nogil:
+cdef enum:
+    RULE_PLAIN = 0
+    RULE_MOMENTUM = 1
+    RULE_NESTEROV = 2
+    RULE_ADAM = 3
+
+
+cdef struct Rule:
+    # One optimizer step's constants. l2 multiplies W in the gradient; the
+    # caller sets it per step (lmbda/n, or lmbda/m for scikit-learn's alpha).
+    int mode
+    double eta, mu, l2
+    double beta1, beta2, eps, lr_t   # Adam; lr_t = eta sqrt(1-beta2^t)/(1-beta1^t)
+
+
+cdef int update_segment(floating* p, const floating* g, floating* v, floating* s,
+                        Py_ssize_t n, const Rule* r, bint weights) noexcept nogil:
     """One pass over a segment; returns 1 if a new value is not finite.
+
+    With g the mean gradient of the batch and l2 applied to weights only
+    (``weights`` false for biases):
+
+    plain:     p = (1 - eta l2) p - eta g
+    momentum:  v = mu v - eta (g + l2 p);  p = p + v
+    Nesterov:  v = mu v - eta (g + l2 p);  p = p + (mu v - eta (g + l2 p))
+    Adam:      G = g + l2 p;  v = b1 v + (1 - b1) G;  s = b2 s + (1 - b2) G^2;
+               p = p - lr_t v / (sqrt(s) + eps)   (scikit-learn's rule)
 
     Finiteness is tracked as ``chk = sum(w - w)`` over the new values: every
     term is 0 for a finite w and NaN otherwise, so chk is exactly 0 or NaN in
-    any order of summation, and the loop still vectorizes.
-
-    plain (mu == 0): p = (1 - eta l2) p - eta g
-    momentum:        v = mu v - eta (g + l2 p);  p = p + v
-    Nesterov:        v = mu v - eta (g + l2 p);  p = p + (mu v - eta (g + l2 p))
+    any order of summation, and the loops still vectorize.
     """
     cdef Py_ssize_t i
-    cdef floating w, vi, gg
+    cdef floating w, vi, si, gg
+    cdef floating eta = <floating>r.eta
+    cdef floating mu = <floating>r.mu
+    cdef floating l2 = <floating>r.l2 if weights else 0
     cdef floating c = 1 - eta * l2
+    cdef floating b1 = <floating>r.beta1, b2 = <floating>r.beta2
+    cdef floating eps = <floating>r.eps, lr_t = <floating>r.lr_t
     cdef floating chk = 0
-    if mu == 0:
+    if r.mode == RULE_PLAIN:
         for i in range(n):
             w = c * p[i] - eta * g[i]
             p[i] = w
             chk = chk + (w - w)
-    elif not nesterov:
+    elif r.mode == RULE_MOMENTUM:
         for i in range(n):
             vi = mu * v[i] - eta * (g[i] + l2 * p[i])
             v[i] = vi
             w = p[i] + vi
             p[i] = w
             chk = chk + (w - w)
-    else:
+    elif r.mode == RULE_NESTEROV:
         for i in range(n):
             gg = g[i] + l2 * p[i]
             vi = mu * v[i] - eta * gg
@@ -382,13 +412,22 @@ cdef int update_segment(floating* p, const floating* g, floating* v,
             w = p[i] + (mu * vi - eta * gg)
             p[i] = w
             chk = chk + (w - w)
+    else:
+        for i in range(n):
+            gg = g[i] + l2 * p[i]
+            vi = b1 * v[i] + (1 - b1) * gg
+            si = b2 * s[i] + (1 - b2) * (gg * gg)
+            v[i] = vi
+            s[i] = si
+            w = p[i] - lr_t * vi / (_sqrt(si) + eps)
+            p[i] = w
+            chk = chk + (w - w)
     return not (chk == 0)
 
 
-cdef int sgd_update(const Net* net, floating* params, const floating* grad,
-                    floating* vel, floating eta, floating mu, floating l2,
-                    bint nesterov) noexcept nogil:
-    """The fused update over the whole buffer; L2 on weights only.
+cdef int apply_update(const Net* net, floating* params, const floating* grad,
+                      floating* vel, floating* sq, const Rule* r) noexcept nogil:
+    """The update over the whole buffer, layer by layer; L2 on weights only.
 
     Returns 1 if any new parameter is not finite."""
     cdef int l, bad = 0
@@ -396,18 +435,10 @@ cdef int sgd_update(const Net* net, floating* params, const floating* grad,
     for l in range(net.L):
         off = net.woff[l]
         nw = <Py_ssize_t>net.sizes[l + 1] * net.sizes[l]
-        bad |= update_segment(params + off, grad + off, vel + off, nw,
-                              eta, mu, l2, nesterov)
-        bad |= update_segment(params + off + nw, grad + off + nw,
-                              vel + off + nw, net.sizes[l + 1],
-                              eta, mu, <floating>0.0, nesterov)
+        bad |= update_segment(params + off, grad + off, vel + off, sq + off, nw, r, True)
+        bad |= update_segment(params + off + nw, grad + off + nw, vel + off + nw,
+                              sq + off + nw, net.sizes[l + 1], r, False)
     return bad
-
-
-cdef enum:
-    # Columns of a weight row whose gradient is formed in a stack buffer by
-    # the fused path: m rows of A for this many columns stay in L1.
-    GRAD_BLOCK = 256
 
 
 cdef extern from "_small.h" nogil:
@@ -478,17 +509,17 @@ cdef inline int small_tn_update(const floating* D, const floating** Ar, floating
 
 
 cdef int backward_update(const Net* net, floating* params, floating* grad,
-                         floating* vel, const floating* A0, const floating** rows,
-                         floating* work, Py_ssize_t m, floating eta, floating mu,
-                         floating l2, bint nesterov) noexcept nogil:
+                         floating* vel, floating* sq, const floating* A0,
+                         const floating** rows, floating* work, Py_ssize_t m,
+                         const Rule* r) noexcept nogil:
     """Backward pass that updates each layer as soon as its delta is known.
 
     Going down from the output, layer l first propagates the delta with its
     old weights, ``D_l = (D_{l+1} W_l) * f'(A_l)``, then applies the update to
-    W_l and b_l: for small batches the gradient is formed and applied in one
-    pass (``small_tn_update``), otherwise BLAS writes it into ``grad`` and
-    ``update_segment`` applies it. Returns 1 if a new
-    parameter is not finite.
+    W_l and b_l: for small batches (SGD rules) the gradient is formed and
+    applied in one pass (``small_tn_update``), otherwise BLAS writes it into
+    ``grad`` and ``update_segment`` applies it. Returns 1 if a new parameter
+    is not finite.
     """
     cdef int l, bad = 0
     cdef Py_ssize_t i, j, nw
@@ -498,34 +529,36 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     cdef floating* W
     cdef floating* gW
     cdef floating* gb
+    cdef Py_ssize_t off
     for l in range(net.L - 1, -1, -1):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
         nw = <Py_ssize_t>n_out * n_in
+        off = net.woff[l]
         A = A0 if l == 0 else act_ptr(net, work, m, l)
         D = delta_ptr(net, work, m, l + 1)
-        W = params + net.woff[l]
+        W = params + off
         if l > 0:
             gemm_rm(NoTrans, NoTrans, <int>m, n_in, n_out, <floating>1.0, D, n_out,
                     W, n_in, <floating>0.0, delta_ptr(net, work, m, l), n_in)
             times_derivative(net.acts[l - 1], delta_ptr(net, work, m, l), A,
                              m * n_in)
-        gW = grad + net.woff[l]
+        gW = grad + off
         gb = gW + nw
-        if m <= fused_max_rows:
-            bad |= small_tn_update(D, rows + l * m, W, vel + net.woff[l], m, n_out, n_in,
-                                   0 if mu == 0 else (2 if nesterov else 1), eta, mu, l2)
+        if m <= fused_max_rows and r.mode != RULE_ADAM:
+            bad |= small_tn_update(D, rows + l * m, W, vel + off, m, n_out, n_in,
+                                   r.mode, <floating>r.eta, <floating>r.mu,
+                                   <floating>r.l2)
         else:
             gemm_rm(Trans, NoTrans, n_out, n_in, <int>m, <floating>1.0, D, n_out,
                     A, n_in, <floating>0.0, gW, n_in)
-            bad |= update_segment(W, gW, vel + net.woff[l], nw, eta, mu, l2, nesterov)
+            bad |= update_segment(W, gW, vel + off, sq + off, nw, r, True)
         for j in range(n_out):
             gb[j] = 0
         for i in range(m):
             for j in range(n_out):
                 gb[j] = gb[j] + D[i * n_out + j]
-        bad |= update_segment(W + nw, gb, vel + net.woff[l] + nw, n_out,
-                              eta, mu, <floating>0.0, nesterov)
+        bad |= update_segment(W + nw, gb, vel + off + nw, sq + off + nw, n_out, r, False)
     return bad
 
 
@@ -691,18 +724,52 @@ def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
     return total, correct
 
 
+cdef Rule make_rule(int mode, double eta, double mu, double l2, double beta1,
+                    double beta2, double eps, Py_ssize_t t) noexcept nogil:
+    """The constants of one step; for Adam, t is the number of this step (>= 1)."""
+    cdef Rule r
+    r.mode = mode
+    r.eta = eta
+    r.mu = mu
+    r.l2 = l2
+    r.beta1 = beta1
+    r.beta2 = beta2
+    r.eps = eps
+    r.lr_t = eta
+    if mode == RULE_ADAM:
+        r.lr_t = eta * sqrt(1 - pow(beta2, <double>t)) / (1 - pow(beta1, <double>t))
+    return r
+
+
 def sgd_step(const int[::1] sizes, const int[::1] acts, int cost,
              floating[::1] params, const floating[::1] grad, floating[::1] vel,
              double eta, double mu, double l2, bint nesterov):
-    """The fused update on the whole buffer (test twin of the training path).
+    """The SGD update on the whole buffer (test twin of the training path).
 
     Returns True when every new parameter is finite."""
     cdef Net net
     make_net(&net, sizes, acts, cost)
     cdef int bad
+    cdef Rule r = make_rule(RULE_PLAIN if mu == 0 else (RULE_NESTEROV if nesterov else RULE_MOMENTUM),
+                            eta, mu, l2, 0, 0, 0, 0)
     with nogil:
-        bad = sgd_update(&net, &params[0], &grad[0], &vel[0], <floating>eta,
-                         <floating>mu, <floating>l2, nesterov)
+        bad = apply_update(&net, &params[0], &grad[0], &vel[0], &vel[0], &r)
+    return bad == 0
+
+
+def adam_step(const int[::1] sizes, const int[::1] acts, int cost,
+              floating[::1] params, const floating[::1] grad, floating[::1] m1,
+              floating[::1] m2, double eta, double beta1, double beta2, double eps,
+              double l2, Py_ssize_t t):
+    """The Adam update (step number t >= 1) on the whole buffer (test twin).
+
+    Returns True when every new parameter is finite."""
+    cdef Net net
+    make_net(&net, sizes, acts, cost)
+    cdef int bad
+    cdef Rule r = make_rule(RULE_ADAM, eta, 0, l2, beta1, beta2, eps, t)
+    with nogil:
+        bad = apply_update(&net, &params[0], &grad[0], &m1[0], &m2[0], &r)
     return bad == 0
 
 
@@ -728,25 +795,47 @@ cdef void prefetch_rows(const floating* X, const Py_ssize_t* rows, Py_ssize_t m,
             FASTNN_PREFETCH(r + off)
 
 
+cdef double weight_norm2(const Net* net, const floating* params) noexcept nogil:
+    """sum_l ||W_l||^2 (biases excluded), accumulated in double."""
+    cdef double acc = 0
+    cdef Py_ssize_t i, nw
+    cdef const floating* W
+    cdef int l
+    for l in range(net.L):
+        W = params + net.woff[l]
+        nw = <Py_ssize_t>net.sizes[l + 1] * net.sizes[l]
+        for i in range(nw):
+            acc += <double>W[i] * W[i]
+    return acc
+
+
 def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 floating[::1] params, floating[::1] grad, floating[::1] vel,
-                const floating[:, ::1] X, const floating[:, ::1] Y,
+                floating[::1] sq, const floating[:, ::1] X, const floating[:, ::1] Y,
                 const Py_ssize_t[::1] labels, const Py_ssize_t[::1] perm,
                 Py_ssize_t batch_size, Py_ssize_t start, Py_ssize_t stop,
-                floating[::1] work, double eta, double mu, double l2,
-                bint nesterov):
+                floating[::1] work, int mode, double eta, double mu, double l2,
+                bint l2_per_batch, double beta1, double beta2, double eps,
+                Py_ssize_t t, bint want_loss):
     """Mini-batch steps over the samples ``perm[start:stop]``.
 
-    Each step gathers the next ``batch_size`` rows (fewer for the last one),
-    runs forward and backward with the mean gradient ``g`` of the batch into
-    ``grad`` and applies the fused update (see ``update_segment``) with
-    ``l2 = lmbda / n``. Stops after the first step whose new parameters are
-    not finite. Returns ``(steps_done, finite)``; when ``finite`` is False the
-    last step done is the one that broke the parameters.
+    Each step takes the next ``batch_size`` rows (fewer for the last one),
+    runs forward and backward with the mean gradient ``g`` of the batch and
+    applies the update rule ``mode`` (0 plain, 1 momentum, 2 Nesterov, 3 Adam;
+    see ``update_segment``) with the L2 coefficient ``l2`` (divided by the
+    batch's row count when ``l2_per_batch``). ``vel`` is the velocity (Adam's
+    first moment), ``sq`` Adam's second moment (unused otherwise); ``t`` is
+    the number of Adam steps taken before. Stops after the first step whose
+    new parameters are not finite.
+
+    Returns ``(steps_done, finite, loss_sum, t)``. With ``want_loss``,
+    ``loss_sum`` is the sum over the steps of ``m * (C0 of the batch +
+    l2_b/2 sum ||W||^2)`` evaluated before each update (so ``loss_sum / n``
+    over an epoch is the running training loss scikit-learn reports).
     """
     cdef Net net
     make_net(&net, sizes, acts, cost)
-    cdef Py_ssize_t n0 = net.sizes[0]
+    cdef Py_ssize_t n0 = net.sizes[0], nL = net.sizes[net.L]
     cdef Py_ssize_t s, m, i, steps = 0
     cdef const floating* Yp = opt_ptr2(Y)
     cdef const Py_ssize_t* lp = opt_labels(labels)
@@ -756,27 +845,43 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef int bad = 0
     cdef Py_ssize_t[::1] slots = row_slots(&net, batch_size)
     cdef const floating** rows = <const floating**>&slots[0]
+    cdef double loss = 0, l2_b
+    cdef floating* Aout
+    cdef floating* Zout
+    cdef Rule r
     with nogil:
         s = start
         while s < stop:
             m = min(batch_size, stop - s)
-            if m <= small_max_rows:
-                # the small kernels read the batch's rows where they are
-                for i in range(m):
-                    rows[i] = Xp + pp[s + i] * n0
-            else:
+            if m > small_max_rows or m > fused_max_rows or mode == RULE_ADAM:
+                # a BLAS product needs the batch contiguous
                 for i in range(m):
                     memcpy(wk + i * n0, Xp + pp[s + i] * n0, n0 * sizeof(floating))
                     rows[i] = wk + i * n0
+            else:
+                # the small kernels read the batch's rows where they are
+                for i in range(m):
+                    rows[i] = Xp + pp[s + i] * n0
             if prefetch:
                 # ask for the next batch's rows now; they arrive during this step
                 prefetch_rows(Xp, pp + s + m, min(batch_size, stop - s - m), n0)
-            forward(&net, &params[0], wk, rows, wk, m, False)
+            forward(&net, &params[0], wk, rows, wk, m, want_loss)
+            l2_b = l2 / m if l2_per_batch else l2
+            if want_loss:
+                Aout = act_ptr(&net, wk, m, net.L)
+                Zout = zout_ptr(&net, wk, m)
+                for i in range(m):
+                    loss += row_cost(&net, Zout + i * nL, Aout + i * nL, Yp, lp, pp[s + i])
+                if l2_b != 0:
+                    loss += 0.5 * l2_b * m * weight_norm2(&net, &params[0])
             output_delta(&net, wk, m, Yp, lp, pp + s, <floating>(1.0 / m))
-            bad = backward_update(&net, &params[0], &grad[0], &vel[0], wk, rows, wk, m,
-                                  <floating>eta, <floating>mu, <floating>l2, nesterov)
+            if mode == RULE_ADAM:
+                t += 1
+            r = make_rule(mode, eta, mu, l2_b, beta1, beta2, eps, t)
+            bad = backward_update(&net, &params[0], &grad[0], &vel[0], &sq[0], wk, rows,
+                                  wk, m, &r)
             steps += 1
             s += m
             if bad:
                 break
-    return steps, bad == 0
+    return steps, bad == 0, loss, t

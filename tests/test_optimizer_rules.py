@@ -1,0 +1,106 @@
+"""Adam, scikit-learn's per-batch L2 scale and the running training loss of train_steps,
+checked against equations written here and against the NumPy reference."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _core
+from fastnn.training import Trainer
+
+
+def _data(n=53, n_in=7, n_out=4, dtype="float64", seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_in)).astype(dtype)
+    y = rng.integers(0, n_out, n).astype(np.intp)
+    return X, y
+
+
+def _net(dtype="float64", sizes=(7, 9, 4)):
+    return fastnn.Network(list(sizes), hidden="tanh", output="softmax", cost="log-likelihood",
+                          dtype=dtype, seed=1)
+
+
+def test_adam_step_matches_the_equations():
+    net = _net()
+    rng = np.random.default_rng(3)
+    p0 = net.params.copy()
+    g = rng.normal(size=p0.shape)
+    m = rng.normal(size=p0.shape) * 0.1
+    s = rng.random(p0.shape) * 0.1
+    eta, b1, b2, eps, l2, t = 0.01, 0.9, 0.999, 1e-8, 0.05, 7
+    m0, s0 = m.copy(), s.copy()
+    assert _core.adam_step(net._sizes_c, net._acts_c, net._cost_c, net.params, g, m, s,
+                           eta, b1, b2, eps, l2, t)
+    G = g + l2 * p0 * net._weight_mask          # L2 on weights only
+    m_ref = b1 * m0 + (1 - b1) * G
+    s_ref = b2 * s0 + (1 - b2) * G ** 2
+    lr_t = eta * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    np.testing.assert_allclose(m, m_ref, rtol=1e-14)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-14)
+    np.testing.assert_allclose(net.params, p0 - lr_t * m_ref / (np.sqrt(s_ref) + eps), rtol=1e-13,
+                               atol=1e-16)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-11), ("float32", 2e-4)])
+@pytest.mark.parametrize("l2_scale", ["n", "batch"])
+def test_adam_cython_equals_reference_over_epochs(dtype, tol, l2_scale):
+    X, y = _data(dtype=dtype)
+    nets, opts, losses = [], [], []
+    for engine in ("cython", "numpy"):
+        net, opt = _net(dtype), fastnn.Adam(eta=0.01)
+        tr = Trainer(net, X, np.empty((0, 4), dtype), y, batch_size=8, optimizer=opt,
+                     lmbda=0.3, engine=engine, l2_scale=l2_scale)
+        perm_rng = np.random.default_rng(5)
+        ls = [tr.run_epoch(perm_rng.permutation(len(X)), want_loss=True) for _ in range(4)]
+        nets.append(net), opts.append(opt), losses.append(ls)
+    assert opts[0].t == opts[1].t == 4 * 7          # 53 rows in batches of 8: 7 steps an epoch
+    scale = np.abs(nets[1].params).max()
+    assert np.abs(nets[0].params - nets[1].params).max() / scale < tol
+    np.testing.assert_allclose(losses[0], losses[1], rtol=tol)
+    for a, b in zip(opts[0]._buffers, opts[1]._buffers):
+        assert np.abs(a - b).max() / max(np.abs(b).max(), 1e-30) < tol * 10
+
+
+def test_adam_state_continues_across_fits():
+    X, y = _data()
+    net_a, opt_a = _net(), fastnn.Adam(eta=0.01)
+    net_a.fit(X, y, epochs=2, batch_size=10, optimizer=opt_a, shuffle=False, monitor_training=False)
+    net_b, opt_b = _net(), fastnn.Adam(eta=0.01)
+    net_b.fit(X, y, epochs=1, batch_size=10, optimizer=opt_b, shuffle=False, monitor_training=False)
+    net_b.fit(X, y, epochs=1, batch_size=10, optimizer=opt_b, shuffle=False, monitor_training=False)
+    assert opt_b.t == opt_a.t == 12
+    np.testing.assert_allclose(net_b.params, net_a.params, rtol=1e-13)
+
+
+@pytest.mark.parametrize("l2_scale", ["n", "batch"])
+def test_running_loss_is_the_pre_update_batch_cost(l2_scale):
+    """loss_sum = sum over batches of m_b (C0_b + l2_b/2 ||W||^2) before each update."""
+    X, y = _data(n=23)
+    lmbda, bs = 0.7, 5
+    net = _net()
+    shadow = net.copy()
+    opt = fastnn.SGD(eta=0.1, momentum=0.5)
+    perm = np.random.default_rng(2).permutation(len(X))
+    got = Trainer(net, X, np.empty((0, 4)), y, batch_size=bs, optimizer=opt, lmbda=lmbda,
+                  l2_scale=l2_scale).run_epoch(perm, want_loss=True)
+    expected, v = 0.0, np.zeros_like(shadow.params)
+    for s in range(0, len(X), bs):
+        idx = perm[s:s + bs]
+        m = len(idx)
+        l2 = lmbda / m if l2_scale == "batch" else lmbda / len(X)
+        # mean cost with L2 by the network's own loss (l2 = lmbda_eff / m  <=>  lmbda_eff = l2 m)
+        expected += m * shadow.loss(X[idx], y[idx], lmbda=l2 * m)
+        g = shadow.gradient(X[idx], y[idx]) + l2 * shadow.params * shadow._weight_mask
+        v = 0.5 * v - 0.1 * g
+        shadow.params += v
+    assert got == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(net.params, shadow.params, rtol=1e-12, atol=1e-14)
+
+
+def test_adam_bad_hyper_parameters():
+    with pytest.raises(ValueError, match="'eta' parameter of Adam"):
+        fastnn.Adam(eta=0)
+    with pytest.raises(ValueError, match="'beta1' parameter of Adam"):
+        fastnn.Adam(beta1=1.0)
+    with pytest.raises(ValueError, match="'epsilon' parameter of Adam"):
+        fastnn.Adam(epsilon=-1e-8)
