@@ -302,3 +302,282 @@ def load_fashion_mnist(path=None, *, dtype="float64", normalize=True):
         + ".\nTo get them: 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu), "
         f"or download the four IDX files and pass path=<dir> or set {DATA_ENV_VAR}=<dir>."
     )
+
+
+# --------------------------------------------------------------------------- embedded digits
+
+__all__ += ["load_digits", "load_mnist", "MNIST_PICKLE_GLOBALS"]
+
+#: Where the embedded digits live inside the package (see fastnn/data/README.md).
+_DIGITS_RESOURCE = ("data", "digits.npz")
+_DIGITS_SHAPE = (1797, 8, 8)
+
+
+def load_digits(*, dtype="float64", normalize=True):
+    """Load the handwritten digits that ship inside fastnn: 1797 images, 8x8 pixels.
+
+    These are the "Optical Recognition of Handwritten Digits" of E. Alpaydin and
+    C. Kaynak (1998). The source is the UCI Machine Learning Repository,
+    https://doi.org/10.24432/C50P49, and the licence is CC BY 4.0. They are the
+    1797 instances of the test partition, the same data as scikit-learn's
+    ``load_digits``. Each pixel counts the "on" bits of a 4x4 block of a 32x32
+    bitmap, an integer 0..16. ``fastnn/data/README.md`` gives the attribution
+    and says how the file was made. The data are read from the installed
+    package with ``importlib.resources``, so nothing is downloaded.
+
+    Parameters
+    ----------
+    dtype : str or numpy.dtype, default "float64"
+        Element type of ``X``.
+    normalize : bool, default True
+        Divide the pixel values by 16, into ``[0, 1]``. `dtype` must then be a
+        floating type. With ``normalize=False`` the raw counts 0..16 are kept.
+
+    Returns
+    -------
+    X : numpy.ndarray, shape (1797, 64)
+        C-contiguous and writable, of `dtype`. Rows are images, pixels are in
+        row-major order.
+    y : numpy.ndarray of int64, shape (1797,)
+        The digits, 0..9. Each class has 174 to 183 samples.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the data file is missing from the installation (the message names
+        the path it looked at).
+    ValueError
+        If `normalize` is asked for with a non-floating `dtype`.
+
+    Examples
+    --------
+    >>> X, y = load_digits()
+    >>> X.shape, y.shape
+    ((1797, 64), (1797,))
+    """
+    import importlib.resources
+
+    dtype = np.dtype(dtype)
+    if normalize and dtype.kind != "f":
+        raise ValueError(
+            f"normalize=True needs a floating dtype, found {dtype}; "
+            "pass normalize=False to keep the raw pixel counts 0..16"
+        )
+    resource = importlib.resources.files("fastnn").joinpath(*_DIGITS_RESOURCE)
+    try:
+        with resource.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+            images = data["images"]
+            labels = data["labels"]
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"fastnn's embedded digits data set is missing: {resource} does not exist. "
+            "The installation is incomplete (fastnn/data/*.npz must be installed as "
+            "package data); reinstall fastnn."
+        ) from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"fastnn's embedded digits data set {resource} is unreadable "
+            f"({type(exc).__name__}: {exc}); reinstall fastnn."
+        ) from None
+    if (images.shape != _DIGITS_SHAPE or images.dtype != np.uint8
+            or labels.shape != _DIGITS_SHAPE[:1] or labels.dtype != np.uint8):
+        raise ValueError(
+            f"fastnn's embedded digits data set {resource} holds images {images.shape} "
+            f"{images.dtype} and labels {labels.shape} {labels.dtype}, expected "
+            f"{_DIGITS_SHAPE} uint8 and ({_DIGITS_SHAPE[0]},) uint8; reinstall fastnn."
+        )
+    X = images.reshape(images.shape[0], -1).astype(dtype, order="C")
+    if normalize:
+        X /= 16
+    return X, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- MNIST
+
+#: The only globals a ``mnist.pkl.gz`` pickle may name. They are what NumPy
+#: needs to rebuild arrays: its array constructor (numpy.core in NumPy 1, as in the
+#: book's file, and numpy._core in NumPy 2), the protocol-5 buffer constructor,
+#: ``ndarray`` and ``dtype``. ``tuple`` is also allowed (``__builtin__`` is its
+#: Python 2 module name).
+MNIST_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("builtins", "tuple"),
+    ("__builtin__", "tuple"),
+})
+
+_MNIST_IDX_FILES = (
+    ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+)
+
+
+def _numpy_global(module, name):
+    """The object behind an allowed global, taken from NumPy as installed.
+
+    A pickle made with NumPy 1 names ``numpy.core.multiarray``. NumPy 2 calls it
+    ``numpy._core`` and warns when the old name is used, so both names map to
+    whichever module is there.
+    """
+    if module == "numpy" or module in ("builtins", "__builtin__"):
+        return {"ndarray": np.ndarray, "dtype": np.dtype, "tuple": tuple}[name]
+    import importlib
+
+    submodule = module.rsplit(".", 1)[1]
+    try:
+        mod = importlib.import_module(f"numpy._core.{submodule}")
+    except ImportError:  # NumPy 1
+        mod = importlib.import_module(f"numpy.core.{submodule}")
+    return getattr(mod, name)
+
+
+def _restricted_unpickler(fh):
+    import pickle
+
+    class _ArraysOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) not in MNIST_PICKLE_GLOBALS:
+                raise pickle.UnpicklingError(
+                    f"it names the global {module}.{name}, but only NumPy arrays in tuples "
+                    "are allowed (loading a pickle can run code, so no other global is "
+                    "ever loaded)"
+                )
+            return _numpy_global(module, name)
+
+    # encoding="latin1" reads the book's Python 2 pickle. Its arrays' bytes were
+    # Python 2 str objects, and NumPy accepts them decoded as latin-1.
+    return _ArraysOnly(fh, encoding="latin1")
+
+
+def _check_split(path, name, pair, dtype):
+    """Validate one (X, y) pair of the book's pickle; return it converted."""
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise ValueError(
+            f"{path}: the {name} set must be a pair (X, y), found {type(pair).__name__}"
+            + (f" of length {len(pair)}" if isinstance(pair, tuple) else "")
+        )
+    X, y = pair
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind != "f":
+        raise ValueError(
+            f"{path}: the {name} images must be a 2-D floating array (n, 784), found "
+            + (f"shape {X.shape} of {X.dtype}" if isinstance(X, np.ndarray) else type(X).__name__)
+        )
+    if not isinstance(y, np.ndarray) or y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ValueError(
+            f"{path}: the {name} labels must be a 1-D integer array, found "
+            + (f"shape {y.shape} of {y.dtype}" if isinstance(y, np.ndarray) else type(y).__name__)
+        )
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{path}: the {name} set holds {X.shape[0]} images but {y.shape[0]} labels"
+        )
+    return np.ascontiguousarray(X, dtype=dtype), y.astype(np.int64)
+
+
+def _load_mnist_pickle(path, dtype):
+    import pickle
+
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        fh.seek(0)
+        stream = gzip.GzipFile(fileobj=fh, mode="rb") if head == _GZIP_MAGIC else fh
+        try:
+            obj = _restricted_unpickler(stream).load()
+        except (pickle.UnpicklingError, EOFError, OSError, zlib.error, ValueError, TypeError,
+                KeyError, AttributeError, IndexError, MemoryError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{path}: not a readable mnist.pkl.gz (the book's gzip'd pickle of "
+                f"(training, validation, test) NumPy arrays): {exc}"
+            ) from None
+    if not isinstance(obj, tuple) or len(obj) != 3:
+        raise ValueError(
+            f"{path}: expected a tuple (training, validation, test) of (X, y) pairs, found "
+            f"{type(obj).__name__}" + (f" of length {len(obj)}" if isinstance(obj, tuple) else "")
+        )
+    return tuple(_check_split(path, name, pair, dtype)
+                 for name, pair in zip(("training", "validation", "test"), obj))
+
+
+def load_mnist(path, *, dtype="float64", normalize=True):
+    """Load MNIST from local files: the book's ``mnist.pkl.gz`` or a directory of IDX files.
+
+    Nothing is downloaded. `path` can be either of these:
+
+    * **a file**, the ``mnist.pkl.gz`` of Nielsen's *Neural Networks and Deep
+      Learning* (the repository's ``data/`` folder). It is a gzip'd pickle of
+      ``(training, validation, test)``, each a pair ``(X, y)`` with X float32 of
+      shape ``(n, 784)`` in ``[0, 1]`` and y int64. The splits hold 50 000,
+      10 000 and 10 000 images. An uncompressed pickle is read too. The result is
+      ``(X_train, y_train), (X_val, y_val), (X_test, y_test)``.
+    * **a directory** holding the four MNIST IDX files ``train-images-idx3-ubyte``,
+      ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+      ``t10k-labels-idx1-ubyte``. Each may end in ``.gz``, and a ``.`` may stand
+      for the last ``-`` (``train-images.idx3-ubyte``). They are read with
+      `load_idx`, and the result is ``(X_train, y_train), (X_test, y_test)``.
+
+    Loading a pickle runs code that the file names. The pickle is therefore
+    read with a restricted unpickler. It accepts only the globals in
+    `MNIST_PICKLE_GLOBALS`: NumPy's array and dtype reconstruction, and
+    ``tuple``. Any other global (``os.system``, say) raises ValueError before
+    anything it names is imported or called. The data are then checked: three
+    (X, y) pairs, X a 2-D floating array and y 1-D integers of the same length.
+    The pickle is read with ``encoding="latin1"``, which the book's Python 2
+    file needs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The pickle file or the IDX directory.
+    dtype : str or numpy.dtype, default "float64"
+        Element type of the image arrays.
+    normalize : bool, default True
+        For IDX files: scale bytes to ``[0, 1]`` (see `load_idx`). The pickle's
+        images are already in ``[0, 1]`` and are never rescaled.
+
+    Returns
+    -------
+    tuple of (X, y) pairs
+        Three pairs for a pickle, two for an IDX directory. X is a C-contiguous
+        (n, 784) array of `dtype` and y is int64.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist, or the directory lacks an IDX file. The
+        message names the path and the files it needs.
+    ValueError
+        If the file is not a valid pickle of that structure, names a global
+        that is not allowed, or an IDX file is corrupt.
+    """
+    path = os.fspath(path)
+    dtype = np.dtype(dtype)
+    if os.path.isdir(path):
+        files = []
+        for variants in _MNIST_IDX_FILES:
+            found = next((f for f in (_find_file(path, v) for v in variants) if f), None)
+            files.append(found)
+        if not all(files):
+            missing = [v[0] for v, f in zip(_MNIST_IDX_FILES, files) if f is None]
+            raise FileNotFoundError(
+                f"MNIST IDX files not found in {path}: missing "
+                + ", ".join(m + "[.gz]" for m in missing)
+                + ". Pass a directory with the four MNIST IDX files, or the book's "
+                "mnist.pkl.gz file."
+            )
+        kw = dict(dtype=dtype, normalize=normalize, flatten=True)
+        return load_idx(files[0], files[1], **kw), load_idx(files[2], files[3], **kw)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"MNIST not found: {path} does not exist. Pass the book's mnist.pkl.gz "
+            "(from the data/ folder of Nielsen's neural-networks-and-deep-learning "
+            "repository) or a directory with the four MNIST IDX files."
+        )
+    if dtype.kind != "f":
+        raise ValueError(f"load_mnist needs a floating dtype for a pickle, found {dtype}")
+    return _load_mnist_pickle(path, dtype)
