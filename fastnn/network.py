@@ -270,6 +270,24 @@ class Network:
                    callbacks=callbacks, monitor_training=monitor_training,
                    progress_every=progress_every, engine=engine, verbose=verbose)
 
+    # ------------------------------------------------------------------ curvature
+    def hessian_vector_product(self, X, y, v, lmbda=0.0):
+        """Hv: the exact Hessian of the mean cost C (with L2) times v (params layout),
+        by Pearlmutter's R-operator; see fastnn.curvature."""
+        from fastnn import curvature
+        return curvature.hessian_vector_product(self, X, y, v, lmbda)
+
+    def gauss_newton_vector_product(self, X, y, v, lmbda=0.0):
+        """Gv: the generalized Gauss-Newton matrix (positive semi-definite) times v;
+        see fastnn.curvature."""
+        from fastnn import curvature
+        return curvature.gauss_newton_vector_product(self, X, y, v, lmbda)
+
+    def hessian(self, X, y, lmbda=0.0):
+        """The full (P, P) Hessian of C, built from exact products; see fastnn.curvature."""
+        from fastnn import curvature
+        return curvature.hessian(self, X, y, lmbda)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path):
         """Save atomically in fastnn's versioned .npz format (see fastnn.io)."""

@@ -45,28 +45,31 @@ class History:
 
     KEYS = ("epoch", "train_cost", "train_accuracy", "val_cost", "val_accuracy", "seconds")
 
-    def __init__(self):
-        for k in self.KEYS:
+    def __init__(self, extra=()):
+        """``extra``: further per-epoch series (e.g. a second-order optimizer's
+        ``grad_norm``, ``n_fev``, ``n_hvp``), recorded like the standard ones."""
+        self.keys = self.KEYS + tuple(k for k in extra if k not in self.KEYS)
+        for k in self.keys:
             setattr(self, k, [])
         self.stopped_early = False
 
     def _append(self, **row):
-        for k in self.KEYS:
+        for k in self.keys:
             getattr(self, k).append(row.get(k))
 
     def __getitem__(self, key):
-        if key not in self.KEYS:
-            raise KeyError(f"{key!r}; History keys are {self.KEYS}")
+        if key not in self.keys:
+            raise KeyError(f"{key!r}; History keys are {self.keys}")
         return getattr(self, key)
 
     def __len__(self):
         return len(self.epoch)
 
     def as_dict(self):
-        return {k: list(getattr(self, k)) for k in self.KEYS}
+        return {k: list(getattr(self, k)) for k in self.keys}
 
     def __repr__(self):
-        return f"History(epochs={len(self)}, last={ {k: self[k][-1] for k in self.KEYS} if len(self) else None})"
+        return f"History(epochs={len(self)}, last={ {k: self[k][-1] for k in self.keys} if len(self) else None})"
 
 
 class Callback:
@@ -257,6 +260,21 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
     seed = check_seed(seed)
     if optimizer is None:
         optimizer = SGD()
+    if hasattr(optimizer, "_fit_network"):
+        # full-batch / second-order optimizers (fastnn.second_order) run their own loop
+        X, Y, labels = net._check_Xy(X, y)
+        val = None
+        if validation_data is not None:
+            try:
+                Xv, yv = validation_data
+            except (TypeError, ValueError):
+                raise ValueError("The 'validation_data' parameter must be a pair (X_val, y_val).") from None
+            val = net._check_Xy(Xv, yv, names=("validation_data[0]", "validation_data[1]"))
+        ends, _ = _split_callbacks(callbacks)
+        return optimizer._fit_network(net, X, Y, labels, epochs=epochs, batch_size=batch_size,
+                                      lmbda=lmbda, validation=val, shuffle=shuffle, seed=seed,
+                                      callbacks=ends, monitor_training=monitor_training,
+                                      verbose=verbose)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"The 'optimizer' parameter must be a fastnn optimizer (fastnn.SGD or "
                         f"fastnn.Adam). Got {optimizer!r} instead.")
