@@ -33,13 +33,42 @@ def save(net, path):
             "hidden": list(net.hidden), "output": net.output, "cost": net.cost,
             "dtype": net.dtype.name, "init": net.init, "n_params": int(net.n_params),
             "fastnn_version": __version__}
+    atomic_write(path, lambda fh: np.savez(fh, meta=np.array(json.dumps(meta)), params=net.params))
+
+
+def _file_mode(path):
+    """Mode for the file as open(path, 'w') would leave it: the existing file's mode, or
+    0o666 minus the umask (mkstemp's 0o600 would surprise users)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o666 & ~old
+
+
+def atomic_write(path, write, *, prefix=".fastnn-"):
+    """Create or replace ``path`` atomically: ``write(fh)`` fills a temporary file (binary)
+    in the same directory, which is flushed, fsynced, given open()'s permissions and renamed
+    over ``path``. On any error the temporary file is removed and ``path`` is untouched."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
+    mode = _file_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), params=net.params)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -60,11 +60,11 @@ import json
 import numbers
 import os
 import random
-import tempfile
 
 import numpy as np
 
 from fastnn._validation import check_int, check_real
+from fastnn.io import atomic_write
 from fastnn.costs import get_cost
 from fastnn.network import Network as _FastNetwork
 from fastnn.optimizers import SGD as _SGD
@@ -587,47 +587,15 @@ class Network:
                 "weights": [w.tolist() for w in self.weights],
                 "biases": [b.tolist() for b in self.biases],
                 "cost": str(self.cost.__name__)}
-        _atomic_write_json(os.fspath(filename), data)
+        _write_json(os.fspath(filename), data)
 
 
 # --------------------------------------------------------------------------- save / load
 
 
-def _file_mode(path):
-    """Mode for a new file as open(path, 'w') would create it (0o666 minus the umask)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return 0o666 & ~old
-
-
-def _atomic_write_json(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=".network2-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def _write_json(path, data):
+    """Write ``data`` as JSON atomically (see fastnn.io.atomic_write)."""
+    atomic_write(path, lambda fh: fh.write(json.dumps(data).encode()), prefix=".network2-")
 
 
 def load(filename):

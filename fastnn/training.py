@@ -232,6 +232,17 @@ class Trainer:
         return total if want_loss else None
 
 
+def _check_validation(net, validation_data):
+    """(X_val, Y_val, labels_val) validated for ``net``, or None."""
+    if validation_data is None:
+        return None
+    try:
+        Xv, yv = validation_data
+    except (TypeError, ValueError):
+        raise ValueError("The 'validation_data' parameter must be a pair (X_val, y_val).") from None
+    return net._check_Xy(Xv, yv, names=("validation_data[0]", "validation_data[1]"))
+
+
 def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, validation_data=None,
         shuffle=True, seed=None, callbacks=(), monitor_training=True, progress_every=4096,
         engine="cython", verbose=False):
@@ -263,13 +274,7 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
     if hasattr(optimizer, "_fit_network"):
         # full-batch / second-order optimizers (fastnn.second_order) run their own loop
         X, Y, labels = net._check_Xy(X, y)
-        val = None
-        if validation_data is not None:
-            try:
-                Xv, yv = validation_data
-            except (TypeError, ValueError):
-                raise ValueError("The 'validation_data' parameter must be a pair (X_val, y_val).") from None
-            val = net._check_Xy(Xv, yv, names=("validation_data[0]", "validation_data[1]"))
+        val = _check_validation(net, validation_data)
         ends, _ = _split_callbacks(callbacks)
         return optimizer._fit_network(net, X, Y, labels, epochs=epochs, batch_size=batch_size,
                                       lmbda=lmbda, validation=val, shuffle=shuffle, seed=seed,
@@ -279,13 +284,7 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
         raise TypeError(f"The 'optimizer' parameter must be a fastnn optimizer (fastnn.SGD or "
                         f"fastnn.Adam). Got {optimizer!r} instead.")
     X, Y, labels = net._check_Xy(X, y)
-    val = None
-    if validation_data is not None:
-        try:
-            Xv, yv = validation_data
-        except (TypeError, ValueError):
-            raise ValueError("The 'validation_data' parameter must be a pair (X_val, y_val).") from None
-        val = net._check_Xy(Xv, yv, names=("validation_data[0]", "validation_data[1]"))
+    val = _check_validation(net, validation_data)
     ends, progress = _split_callbacks(callbacks)
 
     n = X.shape[0]

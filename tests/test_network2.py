@@ -755,11 +755,12 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     os.umask(umask)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask  # as open(path, "w") makes it
 
-    def broken_dump(obj, fh, *args, **kwargs):
-        fh.write('{"sizes": [3, ')
+    import fastnn.io
+
+    def broken_fsync(fd):  # the data is half on its way to the disk when it fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(network2.json, "dump", broken_dump)
+    monkeypatch.setattr(fastnn.io.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         network2.Network([3, 2]).save(path)
     monkeypatch.undo()

@@ -49,19 +49,6 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VFMA _mm256_fmadd_pd
 #define HSUM fastnn_hsum_d
 #include "_small_impl.h"
-#undef T
-#undef SFX
-#undef VT
-#undef VL
-#undef VLOAD
-#undef VSTORE
-#undef VSET1
-#undef VZERO
-#undef VADD
-#undef VSUB
-#undef VMUL
-#undef VFMA
-#undef HSUM
 
 /* float */
 #define T float
@@ -78,19 +65,6 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VFMA _mm256_fmadd_ps
 #define HSUM fastnn_hsum_s
 #include "_small_impl.h"
-#undef T
-#undef SFX
-#undef VT
-#undef VL
-#undef VLOAD
-#undef VSTORE
-#undef VSET1
-#undef VZERO
-#undef VADD
-#undef VSUB
-#undef VMUL
-#undef VFMA
-#undef HSUM
 
 static int fastnn_small_available(void)
 {

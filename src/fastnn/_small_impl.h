@@ -16,6 +16,35 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
+/* The 4 x 2 block of dot products over len elements: s[r + 4 c] = a_r . w_c. */
+FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const T *a2,
+                                                const T *a3, const T *w0, const T *w1,
+                                                Py_ssize_t len, T *s)
+{
+    Py_ssize_t kk, kv = len - len % VL;
+    VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
+    VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
+    for (kk = 0; kk < kv; kk += VL) {
+        VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
+        VT y = VLOAD(a0 + kk);
+        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);
+        y = VLOAD(a1 + kk);
+        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);
+        y = VLOAD(a2 + kk);
+        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);
+        y = VLOAD(a3 + kk);
+        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);
+    }
+    s[0] = HSUM(c00); s[1] = HSUM(c01); s[2] = HSUM(c02); s[3] = HSUM(c03);
+    s[4] = HSUM(c10); s[5] = HSUM(c11); s[6] = HSUM(c12); s[7] = HSUM(c13);
+    for (kk = kv; kk < len; kk++) {
+        s[0] += w0[kk] * a0[kk]; s[1] += w0[kk] * a1[kk];
+        s[2] += w0[kk] * a2[kk]; s[3] += w0[kk] * a3[kk];
+        s[4] += w1[kk] * a0[kk]; s[5] += w1[kk] * a1[kk];
+        s[6] += w1[kk] * a2[kk]; s[7] += w1[kk] * a3[kk];
+    }
+}
+
 /* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
  * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered). */
 FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W, T *Z,
@@ -29,32 +58,13 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
         for (j = 0; j + 2 <= n; j += 2) {
             const T *w0 = W + j * k + t0, *w1 = w0 + k;
             for (i = 0; i + 4 <= m; i += 4) {
-                const T *a0 = Ar[i] + t0, *a1 = Ar[i + 1] + t0, *a2 = Ar[i + 2] + t0, *a3 = Ar[i + 3] + t0;
-                VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
-                VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
-                for (kk = 0; kk < tv; kk += VL) {
-                    VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
-                    VT y = VLOAD(a0 + kk);
-                    c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);
-                    y = VLOAD(a1 + kk);
-                    c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);
-                    y = VLOAD(a2 + kk);
-                    c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);
-                    y = VLOAD(a3 + kk);
-                    c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);
-                }
-                T s00 = HSUM(c00), s01 = HSUM(c01), s02 = HSUM(c02), s03 = HSUM(c03);
-                T s10 = HSUM(c10), s11 = HSUM(c11), s12 = HSUM(c12), s13 = HSUM(c13);
-                for (kk = tv; kk < tw; kk++) {
-                    s00 += w0[kk] * a0[kk]; s01 += w0[kk] * a1[kk];
-                    s02 += w0[kk] * a2[kk]; s03 += w0[kk] * a3[kk];
-                    s10 += w1[kk] * a0[kk]; s11 += w1[kk] * a1[kk];
-                    s12 += w1[kk] * a2[kk]; s13 += w1[kk] * a3[kk];
-                }
-                Z[i * n + j] += s00;       Z[i * n + j + 1] += s10;
-                Z[(i + 1) * n + j] += s01; Z[(i + 1) * n + j + 1] += s11;
-                Z[(i + 2) * n + j] += s02; Z[(i + 2) * n + j + 1] += s12;
-                Z[(i + 3) * n + j] += s03; Z[(i + 3) * n + j + 1] += s13;
+                T sb[8];
+                CAT(dot_4x2, SFX)(Ar[i] + t0, Ar[i + 1] + t0, Ar[i + 2] + t0, Ar[i + 3] + t0,
+                                  w0, w1, tw, sb);
+                Z[i * n + j] += sb[0];       Z[i * n + j + 1] += sb[4];
+                Z[(i + 1) * n + j] += sb[1]; Z[(i + 1) * n + j + 1] += sb[5];
+                Z[(i + 2) * n + j] += sb[2]; Z[(i + 2) * n + j + 1] += sb[6];
+                Z[(i + 3) * n + j] += sb[3]; Z[(i + 3) * n + j + 1] += sb[7];
             }
             for (; i + 2 <= m; i += 2) {
                 const T *a0 = Ar[i] + t0, *a1 = Ar[i + 1] + t0;
@@ -106,7 +116,7 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
 FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, T *Z,
                                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
 {
-    Py_ssize_t i0, i, j, kk, r;
+    Py_ssize_t i0, j, kk, r;
     Py_ssize_t kv = k - k % VL;
     for (i0 = 0; i0 < m; i0 += 4) {
         r = m - i0 < 4 ? m - i0 : 4;
@@ -117,33 +127,12 @@ FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, 
         }
         const T *a0 = Ar[i0], *a1 = Ar[i0 + 1], *a2 = Ar[i0 + 2], *a3 = Ar[i0 + 3];
         for (j = 0; j + 2 <= n; j += 2) {
-            const T *w0 = W + j * k, *w1 = w0 + k;
-            VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
-            VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
-            for (kk = 0; kk < kv; kk += VL) {
-                VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
-                VT y = VLOAD(a0 + kk);
-                c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);
-                y = VLOAD(a1 + kk);
-                c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);
-                y = VLOAD(a2 + kk);
-                c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);
-                y = VLOAD(a3 + kk);
-                c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);
-            }
-            T s00 = HSUM(c00), s01 = HSUM(c01), s02 = HSUM(c02), s03 = HSUM(c03);
-            T s10 = HSUM(c10), s11 = HSUM(c11), s12 = HSUM(c12), s13 = HSUM(c13);
-            for (kk = kv; kk < k; kk++) {
-                s00 += w0[kk] * a0[kk]; s01 += w0[kk] * a1[kk];
-                s02 += w0[kk] * a2[kk]; s03 += w0[kk] * a3[kk];
-                s10 += w1[kk] * a0[kk]; s11 += w1[kk] * a1[kk];
-                s12 += w1[kk] * a2[kk]; s13 += w1[kk] * a3[kk];
-            }
-            i = i0;
-            Z[i * n + j] = s00;       Z[i * n + j + 1] = s10;
-            Z[(i + 1) * n + j] = s01; Z[(i + 1) * n + j + 1] = s11;
-            Z[(i + 2) * n + j] = s02; Z[(i + 2) * n + j + 1] = s12;
-            Z[(i + 3) * n + j] = s03; Z[(i + 3) * n + j + 1] = s13;
+            T sb[8];
+            CAT(dot_4x2, SFX)(a0, a1, a2, a3, W + j * k, W + (j + 1) * k, k, sb);
+            Z[i0 * n + j] = sb[0];       Z[i0 * n + j + 1] = sb[4];
+            Z[(i0 + 1) * n + j] = sb[1]; Z[(i0 + 1) * n + j + 1] = sb[5];
+            Z[(i0 + 2) * n + j] = sb[2]; Z[(i0 + 2) * n + j + 1] = sb[6];
+            Z[(i0 + 3) * n + j] = sb[3]; Z[(i0 + 3) * n + j + 1] = sb[7];
         }
         for (; j < n; j++) {
             const T *w0 = W + j * k;
@@ -292,3 +281,17 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *const *Ar,
 #undef UPDATE_VEC
 #undef CAT
 #undef CAT_
+/* the including file's parameters, ready for the next instantiation */
+#undef T
+#undef SFX
+#undef VT
+#undef VL
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VZERO
+#undef VADD
+#undef VSUB
+#undef VMUL
+#undef VFMA
+#undef HSUM
