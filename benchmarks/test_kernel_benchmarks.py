@@ -30,13 +30,14 @@ def _setup(config, n=2000):
     return net, X, labels, bs
 
 
-@pytest.fixture(params=[0, 32], ids=["blas", "small-kernels"])
+@pytest.fixture(params=[0, 256], ids=["blas", "small-kernels"])
 def small_rows(request):
     if request.param and not _core.SMALL_KERNELS_AVAILABLE:
         pytest.skip("no AVX2+FMA small-batch kernels on this CPU")
-    old = _core.set_small_max_rows(request.param)
+    old = _core.set_small_max_rows(request.param), _core.set_fused_max_rows(request.param)
     yield request.param
-    _core.set_small_max_rows(old)
+    _core.set_small_max_rows(old[0])
+    _core.set_fused_max_rows(old[1])
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))

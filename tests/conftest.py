@@ -308,8 +308,10 @@ def update_path(request):
             pytest.skip("this CPU or build has no AVX2+FMA small-batch kernels")
         yield request.param
         return
-    old = setter(0 if request.param == "blas-update" else 1 << 30)
+    rows = 0 if request.param == "blas-update" else 1 << 30
+    old = setter(rows), _core.set_fused_max_rows(rows)
     try:
         yield request.param
     finally:
-        setter(old)
+        setter(old[0])
+        _core.set_fused_max_rows(old[1])

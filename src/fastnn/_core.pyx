@@ -454,13 +454,17 @@ cdef extern from "_small.h" nogil:
                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
                           float eta, float mu, float l2)
 
-# Batches of at most this many rows use the AVX2 small-batch kernels of
-# _small.h (forward product, and the weight gradient fused with the update so
-# it never goes through memory) when the CPU has AVX2 and FMA; larger batches,
-# and other CPUs, use BLAS followed by the one-pass update.
+# With AVX2 and FMA, batches of at most small_max_rows rows compute their
+# forward products with the small-batch kernels of _small.h, and batches of at
+# most fused_max_rows rows form each weight gradient block in registers and
+# apply the update to it at once (the gradient never goes through memory).
+# Larger batches, and other CPUs, use BLAS followed by the one-pass update.
+# The thresholds were measured with benchmarks/test_kernel_benchmarks.py: the
+# forward kernel beats OpenBLAS only for small batches, the fused update up
+# to a few hundred rows.
 SMALL_KERNELS_AVAILABLE = bool(fastnn_small_available())
 cdef Py_ssize_t small_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
-cdef Py_ssize_t fused_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
+cdef Py_ssize_t fused_max_rows = 256 if SMALL_KERNELS_AVAILABLE else 0
 
 
 def set_fused_max_rows(Py_ssize_t rows):
@@ -472,21 +476,25 @@ def set_fused_max_rows(Py_ssize_t rows):
 
 
 def get_small_max_rows():
-    """Largest batch that uses the small-batch kernels (0: never)."""
+    """Largest batch that uses the small-batch forward kernel (0: never)."""
     return small_max_rows
 
 
+def get_fused_max_rows():
+    """Largest batch whose weight gradient is fused with the update (0: never)."""
+    return fused_max_rows
+
+
 def set_small_max_rows(Py_ssize_t rows):
-    """Set the largest batch for the small-batch kernels (0 disables them).
+    """Set the largest batch for the small-batch forward kernel (0 disables it).
 
     Returns the old value. Both paths compute the same update up to rounding;
     the switch exists for tests and benchmarks. Ignored (stays 0) on CPUs
     without AVX2 and FMA.
     """
-    global small_max_rows, fused_max_rows
+    global small_max_rows
     old = small_max_rows
     small_max_rows = rows if SMALL_KERNELS_AVAILABLE else 0
-    fused_max_rows = small_max_rows
     return old
 
 
