@@ -262,13 +262,16 @@ class Network:
     # ------------------------------------------------------------------ training
     def fit(self, X, y, epochs=30, batch_size=10, optimizer=None, lmbda=0.0,
             validation_data=None, shuffle=True, seed=None, *, callbacks=(),
-            monitor_training=True, progress_every=4096, engine="cython", verbose=False):
-        """Train with mini-batch SGD (plain, momentum or Nesterov); see fastnn.training.fit."""
+            monitor_training=True, progress_every=4096, engine="cython", verbose=False,
+            blas_threads="auto"):
+        """Train with mini-batch SGD (plain, momentum or Nesterov) or Adam; see
+        fastnn.training.fit."""
         from fastnn.training import fit
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                    lmbda=lmbda, validation_data=validation_data, shuffle=shuffle, seed=seed,
                    callbacks=callbacks, monitor_training=monitor_training,
-                   progress_every=progress_every, engine=engine, verbose=verbose)
+                   progress_every=progress_every, engine=engine, verbose=verbose,
+                   blas_threads=blas_threads)
 
     # ------------------------------------------------------------------ curvature
     def hessian_vector_product(self, X, y, v, lmbda=0.0):

@@ -135,6 +135,63 @@ def _split_callbacks(callbacks):
     return ends, progress
 
 
+# Largest per-step matrix product (multiply-adds) for which "auto" runs BLAS on one
+# thread: below it, waking a second BLAS thread for every product of every step costs
+# more than it saves, and on a busy machine it can cost 5-10x (measured with
+# benchmarks/compare.py on this project's 2-core machines: batch 64-128 epochs of
+# [784, 100, 10] ran 2-8x faster on one thread, NumPy's as well as fastnn's).
+AUTO_SINGLE_THREAD_MACS = 1 << 24
+_controller = None
+
+
+def _blas_controller():
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # optional: without it BLAS keeps its own setting
+            _controller = False
+        else:
+            _controller = ThreadpoolController()
+    return _controller
+
+
+class _BlasThreads:
+    """Context manager: BLAS limited to ``threads`` threads (None: unchanged)."""
+
+    def __init__(self, threads):
+        self.threads = threads
+        self._ctx = None
+
+    def __enter__(self):
+        ctl = _blas_controller() if self.threads is not None else None
+        if ctl:
+            self._ctx = ctl.limit(limits=self.threads, user_api="blas")
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+            self._ctx = None
+        return False
+
+
+def resolve_blas_threads(net, batch_size, blas_threads):
+    """The BLAS thread limit for training ``net`` with this batch size.
+
+    "auto": 1 when the largest product of a step (batch x fan-in x fan-out) is
+    below ``AUTO_SINGLE_THREAD_MACS``, else None (BLAS's own setting); None:
+    leave BLAS alone; an int >= 1: that many threads.
+    """
+    if blas_threads == "auto":
+        largest = max(batch_size * a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+        return 1 if largest < AUTO_SINGLE_THREAD_MACS else None
+    if blas_threads is None:
+        return None
+    return check_int(blas_threads, "blas_threads", low=1)
+
+
 class Trainer:
     """Mini-batch epochs on validated arrays, for ``fit`` and the facades.
 
@@ -146,11 +203,12 @@ class Trainer:
 
     ``l2_scale`` sets the L2 term of the gradient: ``"n"`` (the book's) uses
     ``(lmbda / n) W`` with n = len(X); ``"batch"`` (scikit-learn's alpha) uses
-    ``(lmbda / m) W`` for a batch of m rows.
+    ``(lmbda / m) W`` for a batch of m rows. ``blas_threads`` limits BLAS's
+    threads while an epoch runs (see ``resolve_blas_threads``).
     """
 
     def __init__(self, net, X, Y, labels, *, batch_size, optimizer, lmbda, engine="cython",
-                 l2_scale="n", _validated=False):
+                 l2_scale="n", blas_threads="auto", _validated=False):
         from fastnn.optimizers import Optimizer
         if not _validated:
             batch_size = check_int(batch_size, "batch_size", low=1)
@@ -167,6 +225,7 @@ class Trainer:
         self.lmbda = lmbda
         self.l2_scale = l2_scale
         self.engine = engine
+        self.blas_threads = resolve_blas_threads(net, batch_size, blas_threads)
         self.grad = np.empty_like(net.params)
         self.work = (np.empty(_core.workspace_size(net._sizes_c, min(batch_size, self.n)),
                               dtype=net.dtype) if engine == "cython" else None)
@@ -203,12 +262,16 @@ class Trainer:
         ``m * (C0 of the batch + l2/2 sum ||W||^2)`` taken before each update:
         divided by n, the epoch's running training loss.
         """
-        params, n, bs = self.net.params, self.n, self.batch_size
         opt = self.optimizer
         perm = np.ascontiguousarray(perm, dtype=np.intp)
-        chunk = n if chunk is None else chunk
-        saved = [params.copy()] + [b.copy() for b in opt._state_for(self.net)]
+        chunk = self.n if chunk is None else chunk
+        saved = [self.net.params.copy()] + [b.copy() for b in opt._state_for(self.net)]
         saved_t = opt.t
+        with _BlasThreads(self.blas_threads):
+            return self._run(perm, chunk, progress, want_loss, saved, saved_t)
+
+    def _run(self, perm, chunk, progress, want_loss, saved, saved_t):
+        params, n, bs, opt = self.net.params, self.n, self.batch_size, self.optimizer
         start, total = 0, 0.0
         while start < n:
             stop = min(n, start + chunk)
@@ -245,7 +308,7 @@ def _check_validation(net, validation_data):
 
 def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, validation_data=None,
         shuffle=True, seed=None, callbacks=(), monitor_training=True, progress_every=4096,
-        engine="cython", verbose=False):
+        engine="cython", verbose=False, blas_threads="auto"):
     """Train ``net`` in place; returns a History.
 
     Parameters
@@ -261,6 +324,9 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
         on the whole training set after each epoch (not counted in ``seconds``).
     engine : 'cython' (the kernels) or 'numpy' (the reference, same results).
     verbose : print one line per epoch.
+    blas_threads : "auto" (one BLAS thread when a step's products are small,
+        where a second thread only adds wake-up costs), None (leave BLAS as
+        configured) or an int, the BLAS thread limit while training.
     """
     from fastnn.network import check_engine
     check_engine(engine)
@@ -289,8 +355,10 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
 
     n = X.shape[0]
     rng = np.random.default_rng(seed)
+    if blas_threads not in ("auto", None):
+        check_int(blas_threads, "blas_threads", low=1)
     trainer = Trainer(net, X, Y, labels, batch_size=batch_size, optimizer=optimizer, lmbda=lmbda,
-                      engine=engine, _validated=True)
+                      engine=engine, blas_threads=blas_threads, _validated=True)
     chunk = n if not progress else max(1, progress_every // batch_size) * batch_size
     history = History()
     ordered = np.arange(n, dtype=np.intp)
