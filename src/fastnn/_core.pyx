@@ -390,6 +390,8 @@ cdef int update_segment(floating* p, const floating* g, floating* v, floating* s
     cdef floating l2 = <floating>r.l2 if weights else 0
     cdef floating c = 1 - eta * l2
     cdef floating b1 = <floating>r.beta1, b2 = <floating>r.beta2
+    # 1 - beta in double, then rounded once: 1 - 0.999f in float32 is 1.3e-5 off
+    cdef floating c1 = <floating>(1 - r.beta1), c2 = <floating>(1 - r.beta2)
     cdef floating eps = <floating>r.eps, lr_t = <floating>r.lr_t
     cdef floating chk = 0
     if r.mode == RULE_PLAIN:
@@ -415,8 +417,8 @@ cdef int update_segment(floating* p, const floating* g, floating* v, floating* s
     else:
         for i in range(n):
             gg = g[i] + l2 * p[i]
-            vi = b1 * v[i] + (1 - b1) * gg
-            si = b2 * s[i] + (1 - b2) * (gg * gg)
+            vi = b1 * v[i] + c1 * gg
+            si = b2 * s[i] + c2 * (gg * gg)
             v[i] = vi
             s[i] = si
             w = p[i] - lr_t * vi / (_sqrt(si) + eps)
@@ -443,6 +445,8 @@ cdef int apply_update(const Net* net, floating* params, const floating* grad,
 
 cdef extern from "_small.h" nogil:
     int fastnn_small_available()
+    double fastnn_sumsq_d(const double* x, Py_ssize_t n)
+    double fastnn_sumsq_s(const float* x, Py_ssize_t n)
     void small_nt_d(const double** Ar, const double* W, double* Z,
                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
     void small_nt_s(const float** Ar, const float* W, float* Z,
@@ -804,16 +808,14 @@ cdef void prefetch_rows(const floating* X, const Py_ssize_t* rows, Py_ssize_t m,
 
 
 cdef double weight_norm2(const Net* net, const floating* params) noexcept nogil:
-    """sum_l ||W_l||^2 (biases excluded), accumulated in double."""
+    """sum_l ||W_l||^2 (biases excluded), accumulated in double (sumsq of _small.h)."""
     cdef double acc = 0
-    cdef Py_ssize_t i, nw
-    cdef const floating* W
     cdef int l
     for l in range(net.L):
-        W = params + net.woff[l]
-        nw = <Py_ssize_t>net.sizes[l + 1] * net.sizes[l]
-        for i in range(nw):
-            acc += <double>W[i] * W[i]
+        if floating is float:
+            acc += fastnn_sumsq_s(params + net.woff[l], <Py_ssize_t>net.sizes[l + 1] * net.sizes[l])
+        else:
+            acc += fastnn_sumsq_d(params + net.woff[l], <Py_ssize_t>net.sizes[l + 1] * net.sizes[l])
     return acc
 
 

@@ -12,6 +12,21 @@
 #include <Python.h>
 
 #define FASTNN_KTILE 256
+
+/* sum of squares in double, with eight independent partial sums (so the
+ * compiler can keep them in vector registers without reassociating a chain) */
+#define FASTNN_SUMSQ(NAME, T)                                                  \
+    static double NAME(const T *x, Py_ssize_t n)                               \
+    {                                                                          \
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                \
+        Py_ssize_t i, j, nv = n - n % 8;                                       \
+        for (i = 0; i < nv; i += 8)                                            \
+            for (j = 0; j < 8; j++) a[j] += (double)x[i + j] * (double)x[i + j]; \
+        for (; i < n; i++) a[0] += (double)x[i] * (double)x[i];                \
+        return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); \
+    }
+FASTNN_SUMSQ(fastnn_sumsq_d, double)
+FASTNN_SUMSQ(fastnn_sumsq_s, float)
 #define FASTNN_TILED_MAX_ROWS 16
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
