@@ -15,7 +15,8 @@ from fastnn import _kernels  # noqa: F401  (fails early, with a fix, if the buil
 from fastnn.io import load
 from fastnn.network import Network
 from fastnn.optimizers import SGD, Adam
+from fastnn.second_order import BFGS, LBFGS, ConjugateGradient, HessianFree, Newton
 from fastnn.training import Callback, EarlyStopping, History, TrainingDiverged
 
-__all__ = ["Network", "SGD", "Adam", "load", "History", "Callback", "EarlyStopping", "TrainingDiverged",
+__all__ = ["Network", "SGD", "Adam", "Newton", "HessianFree", "ConjugateGradient", "BFGS", "LBFGS", "load", "History", "Callback", "EarlyStopping", "TrainingDiverged",
            "__version__"]

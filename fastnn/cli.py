@@ -1,7 +1,8 @@
-"""The ``fastnn`` command: ``fastnn train``, ``fastnn bench`` and ``fastnn info``.
+"""The ``fastnn`` command: ``fastnn train``, ``fastnn bench``, ``fastnn study`` and ``fastnn info``.
 
     fastnn train [--data digits] [--hidden-sizes 30] [--epochs 10] ...   train a network
     fastnn bench [--configs C1,C3] [--epochs 3] ...                      run benchmarks/compare.py
+    fastnn study [--seeds 3] [--methods SGD,Newton,LBFGS] ...           run benchmarks/second_order_study.py
     fastnn info                                                          versions, BLAS, threads
 
 It is installed as the console script ``fastnn`` and also runs as ``python -m fastnn``.
@@ -224,6 +225,18 @@ def build_parser():
     b.add_argument("--no-rss", action="store_true", help="skip the peak-RSS probe")
     b.set_defaults(func=cmd_bench)
 
+    # -- study
+    st = sub.add_parser(
+        "study", help="compare SGD, momentum, Nesterov, Newton, Hessian-free, CG, BFGS, L-BFGS",
+        description="Run benchmarks/second_order_study.py of fastnn's source repository (found "
+                    "like 'fastnn bench' finds compare.py): the same small network trained from "
+                    "the same initial weights by every optimizer, with iterations, gradient and "
+                    "curvature evaluations and wall time to a target cost. Options not listed here "
+                    "(--seeds, --targets, --methods, --hidden, --threads, --out) are passed on.")
+    st.add_argument("--benchmarks", metavar="DIR",
+                    help="the repository's benchmarks/ directory (or the repository itself)")
+    st.set_defaults(func=cmd_study)
+
     # -- info
     i = sub.add_parser("info", help="show versions, dtypes, BLAS and threads",
                        description="Show fastnn's version and build, the dtypes it supports, the "
@@ -249,7 +262,7 @@ def main(argv=None):
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command != "bench":
+        if extra and args.command not in ("bench", "study"):
             raise _UsageError(f"unrecognized arguments: {' '.join(extra)} "
                               f"(see '{PROG} {args.command} --help')")
         args.extra = extra
@@ -818,14 +831,14 @@ def _install_source():
     return Path(unquote(parsed.path))
 
 
-def find_compare(explicit=None):
-    """(path of benchmarks/compare.py or None, the places looked at)."""
+def find_compare(explicit=None, script="compare.py"):
+    """(path of benchmarks/<script> or None, the places looked at)."""
     import fastnn
 
     if explicit:
         base = Path(explicit).expanduser()
-        candidates = [base] if base.suffix == ".py" else [base / "compare.py",
-                                                         base / "benchmarks" / "compare.py"]
+        candidates = [base] if base.suffix == ".py" else [base / script,
+                                                         base / "benchmarks" / script]
     else:
         dirs = []
         env = os.environ.get("FASTNN_BENCHMARKS")
@@ -837,7 +850,7 @@ def find_compare(explicit=None):
         if src is not None:
             dirs.append(src / "benchmarks")
         dirs.append(Path(fastnn.__file__).resolve().parent.parent / "benchmarks")
-        candidates = [d / "compare.py" for d in dirs]
+        candidates = [d / script for d in dirs]
     seen, looked = set(), []
     for c in candidates:
         key = os.path.abspath(c)
@@ -856,7 +869,7 @@ def find_compare(explicit=None):
 def _load_compare(path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fastnn_bench_compare", path)
+    spec = importlib.util.spec_from_file_location(f"fastnn_bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -910,6 +923,26 @@ def cmd_bench(args):
     finally:
         argparse.ArgumentParser.error = saved
     return 0
+
+
+def cmd_study(args):
+    path, looked = find_compare(args.benchmarks, "second_order_study.py")
+    if path is None:
+        shown = looked if len(looked) <= 6 else looked[:4] + ["..."] + looked[-2:]
+        raise CLIError(
+            "benchmarks/second_order_study.py not found; looked at " + ", ".join(shown) + ". It "
+            "ships with fastnn's source repository: run 'fastnn study' inside a clone, or pass "
+            "--benchmarks DIR")
+    study = _load_compare(path)
+    print(f"running {path} {' '.join(args.extra)}".rstrip(), file=sys.stderr, flush=True)
+    try:
+        return study.main(args.extra) or 0
+    except SystemExit as exc:  # the study's own argument errors
+        if exc.code is None or exc.code == 0:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        raise CLIError(str(exc.code)) from None
 
 
 # ----------------------------------------------------------------------------- info

@@ -459,3 +459,23 @@ def test_console_script(tmp_path):
     r = subprocess.run([exe, "info"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "float64" in r.stdout
+
+
+def test_study_runs_the_second_order_study(capsys):
+    """`fastnn study` finds benchmarks/second_order_study.py in the repository and runs it."""
+    import pathlib
+    bench = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    if not (bench / "second_order_study.py").is_file():
+        pytest.skip("the repository's benchmarks/ directory is not here")
+    status = main(["study", "--benchmarks", str(bench), "--seeds", "1", "--methods", "LBFGS"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "LBFGS" in out and "iterations" in out
+
+
+def test_study_not_found_is_one_line(tmp_path, capsys):
+    status = main(["study", "--benchmarks", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status != 0
+    assert err.startswith("fastnn: error:") and "second_order_study.py not found" in err
+    assert "Traceback" not in err
