@@ -469,6 +469,11 @@ cdef extern from "_small.h" nogil:
 SMALL_KERNELS_AVAILABLE = bool(fastnn_small_available())
 cdef Py_ssize_t small_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
 cdef Py_ssize_t fused_max_rows = 256 if SMALL_KERNELS_AVAILABLE else 0
+# ... and only while the layer's gradient product (m x fan-in x fan-out) is small
+# enough that BLAS would not gain from its threads (the fused kernel is serial);
+# the same bound as fit's blas_threads="auto" (training.AUTO_SINGLE_THREAD_MACS).
+cdef enum:
+    FUSED_MAX_MACS = 1 << 24
 
 
 def set_fused_max_rows(Py_ssize_t rows):
@@ -557,7 +562,8 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
                              m * n_in)
         gW = grad + off
         gb = gW + nw
-        if m <= fused_max_rows and r.mode != RULE_ADAM:
+        if (m <= fused_max_rows and r.mode != RULE_ADAM
+                and m * nw <= FUSED_MAX_MACS):
             bad |= small_tn_update(D, rows + l * m, W, vel + off, m, n_out, n_in,
                                    r.mode, <floating>r.eta, <floating>r.mu,
                                    <floating>r.l2)
