@@ -13,27 +13,30 @@ def _where(owner):
     return f" of {owner}" if owner else ""
 
 
+def describe_interval(low=None, high=None, low_inclusive=True, high_inclusive=True):
+    """'in [0, 1)', '> 0', '<= 5': the words for an interval, in error messages."""
+    if low is not None and high is not None:
+        return (f"in {'[' if low_inclusive else '('}{low}, "
+                f"{high}{']' if high_inclusive else ')'}")
+    if low is not None:
+        return f"{'>=' if low_inclusive else '>'} {low}"
+    return f"{'<=' if high_inclusive else '<'} {high}"
+
+
 def check_real(value, name, *, owner=None, low=None, high=None,
                low_inclusive=True, high_inclusive=True):
     """A finite real number in the given interval, returned as float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise TypeError(
-            f"The {name!r} parameter{_where(owner)} must be a finite real number. "
-            f"Got {value!r} instead.") if not isinstance(value, numbers.Real) or isinstance(value, bool) \
-            else ValueError(f"The {name!r} parameter{_where(owner)} must be finite. Got {value!r} instead.")
-    bad = ((low is not None and (value < low if low_inclusive else value <= low))
-           or (high is not None and (value > high if high_inclusive else value >= high)))
-    if bad:
-        lo = "" if low is None else ("[" if low_inclusive else "(") + f"{low}"
-        hi = "" if high is None else f"{high}" + ("]" if high_inclusive else ")")
-        if low is not None and high is not None:
-            rng = f"in {lo}, {hi}"
-        elif low is not None:
-            rng = (">= " if low_inclusive else "> ") + f"{low}"
-        else:
-            rng = ("<= " if high_inclusive else "< ") + f"{high}"
-        raise ValueError(
-            f"The {name!r} parameter{_where(owner)} must be a float {rng}. Got {value!r} instead.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"The {name!r} parameter{_where(owner)} must be a finite real number. "
+                        f"Got {value!r} instead.")
+    if not np.isfinite(value):
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must be finite. "
+                         f"Got {value!r} instead.")
+    if ((low is not None and (value < low if low_inclusive else value <= low))
+            or (high is not None and (value > high if high_inclusive else value >= high))):
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must be a float "
+                         f"{describe_interval(low, high, low_inclusive, high_inclusive)}. "
+                         f"Got {value!r} instead.")
     return float(value)
 
 

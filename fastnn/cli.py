@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastnn._validation import describe_interval
 from fastnn.training import Callback
 
 PROG = "fastnn"
@@ -58,14 +59,7 @@ def _number(kind, text, *, low=None, high=None, low_open=False, high_open=False)
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     if ((low is not None and (value <= low if low_open else value < low))
             or (high is not None and (value >= high if high_open else value > high))):
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        if low is not None and high is not None:
-            want = f"in {lo}, {hi}"
-        elif low is not None:
-            want = (">" if low_open else ">=") + f" {low}"
-        else:
-            want = ("<" if high_open else "<=") + f" {high}"
+        want = describe_interval(low, high, not low_open, not high_open)
         raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
     return value
 
