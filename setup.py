@@ -26,16 +26,18 @@ if sys.platform == "win32":
     compile_args = ["/O2"]
 else:
     # no FMA contraction: the kernels round exactly as written (and as the reference)
-    compile_args = ["-O3", "-ffp-contract=off"] + (["-UNDEBUG", "-O1", "-g"] if DEBUG else [])
+    compile_args = ["-O3", "-ffp-contract=off", "-pthread"] + (["-UNDEBUG", "-O1", "-g"] if DEBUG else [])
+link_args = [] if sys.platform == "win32" else ["-pthread"]  # the kernels' thread pool (_pool.h)
 
 def ext(name):
     return Extension(
         f"fastnn.{name}",
         [f"src/fastnn/{name}.pyx"],
         include_dirs=[numpy.get_include(), "src/fastnn"],
-        depends=["src/fastnn/_small.h", "src/fastnn/_small_impl.h"],
+        depends=["src/fastnn/_small.h", "src/fastnn/_small_impl.h", "src/fastnn/_pool.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
+        extra_link_args=link_args,
     )
 
 setup(

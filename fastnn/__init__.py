@@ -16,7 +16,8 @@ from fastnn.io import load
 from fastnn.network import Network
 from fastnn.optimizers import SGD, Adam
 from fastnn.second_order import BFGS, LBFGS, ConjugateGradient, HessianFree, Newton
+from fastnn.threads import get_num_threads, set_num_threads
 from fastnn.training import Callback, EarlyStopping, History, TrainingDiverged
 
 __all__ = ["Network", "SGD", "Adam", "Newton", "HessianFree", "ConjugateGradient", "BFGS", "LBFGS", "load", "History", "Callback", "EarlyStopping", "TrainingDiverged",
-           "__version__"]
+           "get_num_threads", "set_num_threads", "__version__"]

@@ -9,6 +9,7 @@ from fastnn._validation import check_X, check_y, check_real, check_seed
 from fastnn.activations import get_activation
 from fastnn.costs import get_cost
 from fastnn.init import get_initializer, initialize
+from fastnn.threads import kernel_blas
 
 ENGINES = ("cython", "numpy")
 _WORKSPACE_BYTES = 1 << 24  # evaluation works on chunks of rows within ~16 MiB
@@ -199,8 +200,9 @@ class Network:
         else:
             m = self._chunk(X.shape[0])
             out = np.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)
-            _core.feedforward(self._sizes_c, self._acts_c, self._cost_c, self.params, X, out,
-                              self._workspace(m), m)
+            with kernel_blas():
+                _core.feedforward(self._sizes_c, self._acts_c, self._cost_c, self.params, X, out,
+                                  self._workspace(m), m)
         return out[0] if one else out
 
     def predict(self, X):
@@ -221,9 +223,10 @@ class Network:
         else:
             m = self._chunk(n)
             grad = np.empty_like(self.params) if want_grad else np.empty(1, dtype=self.dtype)
-            cost_sum, correct = _core.evaluate(self._sizes_c, self._acts_c, self._cost_c, self.params,
-                                               X, Y, labels, grad, self._workspace(m), m,
-                                               want_grad, True)
+            with kernel_blas():
+                cost_sum, correct = _core.evaluate(self._sizes_c, self._acts_c, self._cost_c,
+                                                   self.params, X, Y, labels, grad,
+                                                   self._workspace(m), m, want_grad, True)
         cost = cost_sum / n
         if lmbda:
             cost += 0.5 * (lmbda / n) * self._l2_norm2()

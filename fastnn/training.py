@@ -19,6 +19,7 @@ from fastnn import reference
 from fastnn._kernels import _core
 from fastnn._validation import check_int, check_real, check_seed
 from fastnn.optimizers import SGD, Optimizer
+from fastnn.threads import blas_limit, get_num_threads
 
 
 class TrainingDiverged(FloatingPointError):
@@ -141,50 +142,21 @@ def _split_callbacks(callbacks):
 # benchmarks/compare.py on this project's 2-core machines: batch 64-128 epochs of
 # [784, 100, 10] ran 2-8x faster on one thread, NumPy's as well as fastnn's).
 AUTO_SINGLE_THREAD_MACS = 1 << 24
-_controller = None
-
-
-def _blas_controller():
-    global _controller
-    if _controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # optional: without it BLAS keeps its own setting
-            _controller = False
-        else:
-            _controller = ThreadpoolController()
-    return _controller
-
-
-class _BlasThreads:
-    """Context manager: BLAS limited to ``threads`` threads (None: unchanged)."""
-
-    def __init__(self, threads):
-        self.threads = threads
-        self._ctx = None
-
-    def __enter__(self):
-        ctl = _blas_controller() if self.threads is not None else None
-        if ctl:
-            self._ctx = ctl.limit(limits=self.threads, user_api="blas")
-            self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
-            self._ctx = None
-        return False
 
 
 def resolve_blas_threads(net, batch_size, blas_threads):
     """The BLAS thread limit for training ``net`` with this batch size.
 
-    "auto": 1 when the largest product of a step (batch x fan-in x fan-out) is
-    below ``AUTO_SINGLE_THREAD_MACS``, else None (BLAS's own setting); None:
-    leave BLAS alone; an int >= 1: that many threads.
+    "auto": 1 while fastnn's kernels run more than one thread themselves
+    (``fastnn.set_num_threads``: they split each product between their
+    threads, so BLAS must not add its own); else 1 when the largest product
+    of a step (batch x fan-in x fan-out) is below ``AUTO_SINGLE_THREAD_MACS``,
+    and None (BLAS's own setting) above. None: leave BLAS alone; an int >= 1:
+    that many threads.
     """
     if blas_threads == "auto":
+        if get_num_threads() > 1:
+            return 1
         largest = max(batch_size * a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
         return 1 if largest < AUTO_SINGLE_THREAD_MACS else None
     if blas_threads is None:
@@ -267,7 +239,7 @@ class Trainer:
         chunk = self.n if chunk is None else chunk
         saved = [self.net.params.copy()] + [b.copy() for b in opt._state_for(self.net)]
         saved_t = opt.t
-        with _BlasThreads(self.blas_threads):
+        with blas_limit(self.blas_threads):
             return self._run(perm, chunk, progress, want_loss, saved, saved_t)
 
     def _run(self, perm, chunk, progress, want_loss, saved, saved_t):

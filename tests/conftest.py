@@ -296,22 +296,34 @@ def small_data():
 # --------------------------------------------------------------------------- kernel paths
 
 
-@pytest.fixture(params=["blas-update", "fused-update"])
+@pytest.fixture(params=["blas-update", "fused-update", "blas-update-split", "fused-update-split"])
 def update_path(request):
     """Run a training test with the kernels' BLAS-gradient-then-update path and with the AVX2
     small-batch path (forward product, and gradient fused with the update;
-    ``fastnn._core.set_small_max_rows``), restoring the setting after."""
+    ``fastnn._core.set_small_max_rows``), each on one thread and split into blocks over three
+    threads even for tiny products (``_core.set_split_thresholds(0, 1)``), restoring the
+    settings after."""
     from fastnn import _core
-    setter = getattr(_core, "set_small_max_rows", None)
-    if setter is None or not _core.SMALL_KERNELS_AVAILABLE:
-        if request.param == "fused-update":
-            pytest.skip("this CPU or build has no AVX2+FMA small-batch kernels")
-        yield request.param
-        return
-    rows = 0 if request.param == "blas-update" else 1 << 30
-    old = setter(rows), _core.set_fused_max_rows(rows)
+    split = request.param.endswith("-split")
+    if split and not _core.POOL_AVAILABLE:
+        pytest.skip("this build has no thread pool")
+    old_threads = fastnn.set_num_threads(3 if split else 1)
+    old_split = _core.set_split_thresholds(0, 1) if split else None
+    fused = request.param.startswith("fused")
     try:
-        yield request.param
+        if not _core.SMALL_KERNELS_AVAILABLE:
+            if fused:
+                pytest.skip("this CPU or build has no AVX2+FMA small-batch kernels")
+            yield request.param
+            return
+        rows = 1 << 30 if fused else 0
+        old = _core.set_small_max_rows(rows), _core.set_fused_max_rows(rows)
+        try:
+            yield request.param
+        finally:
+            _core.set_small_max_rows(old[0])
+            _core.set_fused_max_rows(old[1])
     finally:
-        setter(old[0])
-        _core.set_fused_max_rows(old[1])
+        fastnn.set_num_threads(old_threads)
+        if old_split is not None:
+            _core.set_split_thresholds(*old_split)

@@ -13,7 +13,15 @@ def _blas_threads():
     return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
 
 
-def test_auto_is_one_thread_for_small_products_only():
+@pytest.fixture
+def one_kernel_thread():
+    old = fastnn.set_num_threads(1)
+    yield
+    fastnn.set_num_threads(old)
+
+
+def test_auto_is_one_thread_for_small_products_only(one_kernel_thread):
+    """With the kernels on one thread, "auto" leaves large products to BLAS's threads."""
     small = fastnn.Network([784, 30, 10], seed=0)
     assert resolve_blas_threads(small, 10, "auto") == 1
     big = fastnn.Network([784, 1024, 1024, 10], seed=0)
@@ -21,6 +29,16 @@ def test_auto_is_one_thread_for_small_products_only():
     assert resolve_blas_threads(big, 256, "auto") is None
     assert resolve_blas_threads(small, 10, None) is None
     assert resolve_blas_threads(small, 10, 3) == 3
+
+
+def test_auto_is_one_thread_while_the_kernels_split_products():
+    old = fastnn.set_num_threads(2)
+    try:
+        big = fastnn.Network([784, 1024, 1024, 10], seed=0)
+        assert resolve_blas_threads(big, 256, "auto") == 1
+        assert resolve_blas_threads(big, 256, 2) == 2  # an explicit limit is the user's
+    finally:
+        fastnn.set_num_threads(old)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "many"])

@@ -150,47 +150,305 @@ cdef inline floating* zout_ptr(const Net* net, floating* work,
     return work + m * (net.sizes[0] + 2 * net.cum[net.L + 1])
 
 
+# ---------------------------------------------------------------- parallel regions
+
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*fastnn_task_fn)(void* ctx, int task) noexcept nogil
+    void fastnn_pool_run(int ntasks, fastnn_task_fn fn, void* ctx)
+    int fastnn_pool_set_threads(int n)
+    int fastnn_pool_get_threads()
+    int fastnn_pool_cpu_count()
+    int FASTNN_HAVE_POOL
+    int FASTNN_POOL_MAX_THREADS
+
+# What a region computes for layer l (n_in = sizes[l], n_out = sizes[l+1],
+# A = the layer's input, m rows). Each region is split between its tasks along
+# one dimension, chosen so that the operand every task must read in full is
+# the smaller one (BLAS packs it once per task):
+cdef enum:
+    JOB_FORWARD = 0      # Z = A W^T, then f(Z + b): by rows of Z, or by columns when n_out > m
+    JOB_DELTA = 1        # D_l = (D_{l+1} W) * f'(A_l): by rows, or by columns when n_in > m
+    JOB_GRAD = 2         # gW (+)= D_{l+1}^T A: by columns of W, or by rows when n_out > n_in
+    JOB_GRAD_UPDATE = 3  # W <- rule(W, D_{l+1}^T A): split as JOB_GRAD
+    MAX_TASKS = 64
+
+# A region is split only when its product has at least par_min_macs
+# multiply-adds, into tasks of at least min_task_macs, TASKS_PER_THREAD per
+# thread (so a thread that starts late, or not at all, costs little).
+cdef Py_ssize_t par_min_macs = 1 << 16
+cdef Py_ssize_t min_task_macs = 1 << 14
+cdef enum:
+    TASKS_PER_THREAD = 2
+
+
+def set_split_thresholds(Py_ssize_t min_macs, Py_ssize_t min_task_macs_):
+    """Set the smallest product (multiply-adds) split between threads and the
+    smallest task; returns the old pair. For tests and benchmarks."""
+    global par_min_macs, min_task_macs
+    old = (par_min_macs, min_task_macs)
+    par_min_macs = max(0, min_macs)
+    min_task_macs = max(1, min_task_macs_)
+    return old
+
+
+cdef struct Job:
+    int kind
+    bint f32
+    const Net* net
+    int l
+    Py_ssize_t m
+    int ntasks
+    bint by_cols            # split along columns (of Z, D_l or W) instead of rows
+    Py_ssize_t split        # the length of the dimension divided between the tasks
+    Py_ssize_t unit         # block sizes are multiples of this
+    void* params
+    void* grad
+    void* vel
+    void* sq
+    void* work
+    const void* A0          # contiguous input rows (row stride sizes[0])
+    const void** rows       # row pointers of the small kernels (see forward)
+    bint small              # use the small-batch kernels
+    bint keep_z             # forward: keep the output layer's Z + b
+    bint accumulate         # gradient: add to grad instead of overwriting
+    const Rule* r
+    int bad[MAX_TASKS]      # per task: 1 if a new parameter is not finite
+
+
+cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* params,
+                   void* grad, void* vel, void* sq, void* work, const void* A0,
+                   const void** rows, bint small, const Rule* r) noexcept nogil:
+    job.kind = kind
+    job.f32 = False
+    job.net = net
+    job.l = 0
+    job.m = m
+    job.ntasks = 1
+    job.by_cols = False
+    job.params = params
+    job.grad = grad
+    job.vel = vel
+    job.sq = sq
+    job.work = work
+    job.A0 = A0
+    job.rows = rows
+    job.small = small
+    job.keep_z = False
+    job.accumulate = False
+    job.r = r
+
+
+cdef int run_job(Job* job) noexcept nogil:
+    """Run job's region for its kind and layer; returns the OR of the tasks' ``bad``.
+
+    Chooses the split (see the JOB_ codes) and the number of tasks, then runs
+    them in the pool (or inline when there is one task)."""
+    cdef const Net* net = job.net
+    cdef Py_ssize_t m = job.m, n_in = net.sizes[job.l], n_out = net.sizes[job.l + 1]
+    cdef Py_ssize_t macs = m * n_in * n_out, threads = fastnn_pool_get_threads(), nt
+    cdef int t, bad = 0
+    if job.kind == JOB_FORWARD:
+        # softmax needs whole rows
+        job.by_cols = n_out > m and net.acts[job.l] != ACT_SOFTMAX
+        job.split = n_out if job.by_cols else m
+        job.unit = 4 if job.by_cols else 1
+    elif job.kind == JOB_DELTA:
+        job.by_cols = n_in > m
+        job.split = n_in if job.by_cols else m
+        job.unit = 8 if job.by_cols else 1
+    else:
+        job.by_cols = n_out <= n_in
+        job.split = n_in if job.by_cols else n_out
+        # whole pairs of vectors of the fused kernel; whole 4-row blocks of W
+        job.unit = 16 if job.by_cols else 4
+    if threads <= 1 or macs < par_min_macs:
+        nt = 1
+    else:
+        nt = min(threads * TASKS_PER_THREAD, (job.split + job.unit - 1) // job.unit,
+                 macs // min_task_macs, <Py_ssize_t>MAX_TASKS)
+        nt = max(1, nt)
+    job.ntasks = <int>nt
+    if nt == 1:
+        job_task_any(<void*>job, 0)
+    else:
+        fastnn_pool_run(job.ntasks, job_task_any, <void*>job)
+    for t in range(job.ntasks):
+        bad |= job.bad[t]
+    return bad
+
+
+cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
+                            Py_ssize_t* j1) noexcept nogil:
+    """Block t of ntasks nearly equal blocks of whole units over [0, split)."""
+    cdef Py_ssize_t units = (job.split + job.unit - 1) // job.unit
+    j0[0] = min(job.split, job.unit * ((units * t) // job.ntasks))
+    j1[0] = min(job.split, job.unit * ((units * (t + 1)) // job.ntasks))
+
+
+cdef void job_task_any(void* ctx, int t) noexcept nogil:
+    cdef Job* job = <Job*>ctx
+    if job.f32:
+        job_task(job, t, <float*>NULL)
+    else:
+        job_task(job, t, <double*>NULL)
+
+
+cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
+    """Task t of the region (see the JOB_ codes): block [j0, j1) of its split."""
+    cdef const Net* net = job.net
+    cdef int l = job.l
+    cdef Py_ssize_t m = job.m, i, j, j0, j1, nb
+    cdef Py_ssize_t n_in = net.sizes[l], n_out = net.sizes[l + 1]
+    cdef floating* params = <floating*>job.params
+    cdef floating* work = <floating*>job.work
+    cdef Py_ssize_t off = net.woff[l]
+    cdef floating* W = params + off
+    cdef floating* b = W + n_out * n_in
+    cdef const floating* A = <const floating*>job.A0 if l == 0 else act_ptr(net, work, m, l)
+    cdef const floating** Ar = (<const floating**>job.rows) + l * m if job.rows != NULL else NULL
+    cdef floating* Z
+    cdef floating* zout = NULL
+    cdef floating* D
+    cdef floating* Dl
+    cdef floating* Al
+    cdef floating* gW
+    cdef floating* V
+    cdef floating* S
+    cdef int bad = 0
+    task_range(job, t, &j0, &j1)
+    nb = j1 - j0
+    job.bad[t] = 0
+    if nb <= 0:
+        return
+    if job.kind == JOB_FORWARD:
+        Z = act_ptr(net, work, m, l + 1)
+        if job.keep_z and l == net.L - 1:
+            zout = zout_ptr(net, work, m)
+        if job.by_cols:
+            if job.small:
+                small_nt(Ar, W + j0 * n_in, Z + j0, m, nb, n_in, n_out)
+            else:
+                gemm_rm(NoTrans, Trans, <int>m, <int>nb, <int>n_in, <floating>1.0, A, <int>n_in,
+                        W + j0 * n_in, <int>n_in, <floating>0.0, Z + j0, <int>n_out)
+            bias_activate(net.acts[l], Z, b, m, n_out, j0, j1, zout)
+        else:
+            if job.small:
+                small_nt(Ar + j0, W, Z + j0 * n_out, nb, n_out, n_in, n_out)
+            else:
+                gemm_rm(NoTrans, Trans, <int>nb, <int>n_out, <int>n_in, <floating>1.0,
+                        A + j0 * n_in, <int>n_in, W, <int>n_in, <floating>0.0,
+                        Z + j0 * n_out, <int>n_out)
+            bias_activate(net.acts[l], Z + j0 * n_out, b, nb, n_out, 0, n_out,
+                          zout + j0 * n_out if zout != NULL else NULL)
+    elif job.kind == JOB_DELTA:
+        # D_l (l >= 1) has n_in columns
+        D = delta_ptr(net, work, m, l + 1)
+        Dl = delta_ptr(net, work, m, l)
+        Al = act_ptr(net, work, m, l)
+        if job.by_cols:
+            gemm_rm(NoTrans, NoTrans, <int>m, <int>nb, <int>n_out, <floating>1.0, D, <int>n_out,
+                    W + j0, <int>n_in, <floating>0.0, Dl + j0, <int>n_in)
+            for i in range(m):
+                times_derivative(net.acts[l - 1], Dl + i * n_in + j0, Al + i * n_in + j0, nb)
+        else:
+            gemm_rm(NoTrans, NoTrans, <int>nb, <int>n_in, <int>n_out, <floating>1.0,
+                    D + j0 * n_out, <int>n_out, W, <int>n_in, <floating>0.0,
+                    Dl + j0 * n_in, <int>n_in)
+            times_derivative(net.acts[l - 1], Dl + j0 * n_in, Al + j0 * n_in, nb * n_in)
+    else:
+        D = delta_ptr(net, work, m, l + 1)
+        V = <floating*>job.vel + off if job.vel != NULL else NULL
+        S = <floating*>job.sq + off if job.sq != NULL else NULL
+        gW = <floating*>job.grad + off
+        if job.kind == JOB_GRAD_UPDATE and job.small:
+            if job.by_cols:
+                bad = small_tn_update(D, n_out, Ar, j0, W + j0, V + j0, n_in, m, n_out, nb,
+                                      job.r.mode, <floating>job.r.eta, <floating>job.r.mu,
+                                      <floating>job.r.l2)
+            else:
+                bad = small_tn_update(D + j0, n_out, Ar, 0, W + j0 * n_in, V + j0 * n_in, n_in,
+                                      m, nb, n_in, job.r.mode, <floating>job.r.eta,
+                                      <floating>job.r.mu, <floating>job.r.l2)
+        elif job.by_cols:
+            gemm_rm(Trans, NoTrans, <int>n_out, <int>nb, <int>m, <floating>1.0, D, <int>n_out,
+                    A + j0, <int>n_in, <floating>(1 if job.accumulate else 0), gW + j0, <int>n_in)
+            if job.kind == JOB_GRAD_UPDATE:
+                for j in range(n_out):
+                    bad |= update_segment(W + j * n_in + j0, gW + j * n_in + j0,
+                                          V + j * n_in + j0, S + j * n_in + j0, nb, job.r, True)
+        else:
+            gemm_rm(Trans, NoTrans, <int>nb, <int>n_in, <int>m, <floating>1.0, D + j0, <int>n_out,
+                    A, <int>n_in, <floating>(1 if job.accumulate else 0), gW + j0 * n_in,
+                    <int>n_in)
+            if job.kind == JOB_GRAD_UPDATE:
+                bad = update_segment(W + j0 * n_in, gW + j0 * n_in, V + j0 * n_in, S + j0 * n_in,
+                                     nb * n_in, job.r, True)
+    job.bad[t] = bad
+
+
+def set_num_threads(int n):
+    """Threads the kernels' parallel regions use (the caller included); returns
+    the value in effect (1 where the build has no thread pool)."""
+    return fastnn_pool_set_threads(n)
+
+
+def get_num_threads():
+    """Threads the kernels' parallel regions use (the caller included)."""
+    return fastnn_pool_get_threads()
+
+
+def cpu_count():
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return fastnn_pool_cpu_count()
+
+
+POOL_AVAILABLE = bool(FASTNN_HAVE_POOL)
+MAX_THREADS = FASTNN_POOL_MAX_THREADS
+
+
 # ---------------------------------------------------------------- forward
 
 cdef void bias_activate(int code, floating* Z, const floating* b,
-                        Py_ssize_t m, Py_ssize_t n,
+                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1,
                         floating* zout) noexcept nogil:
-    """Z[i, :] = f(Z[i, :] + b) in place; zout (if not NULL) gets Z + b."""
+    """Z[i, j] = f(Z[i, j] + b[j]) in place for the columns j0 <= j < j1 of the
+    m rows (row stride n); zout (if not NULL, same layout) gets Z + b. Softmax
+    normalizes over the columns given, so it is called with all of them."""
     cdef Py_ssize_t i, j
     cdef floating v, mx, s
     cdef floating* z
     for i in range(m):
         z = Z + i * n
         if zout != NULL:
-            for j in range(n):
+            for j in range(j0, j1):
                 z[j] = z[j] + b[j]
                 zout[i * n + j] = z[j]
         else:
-            for j in range(n):
+            for j in range(j0, j1):
                 z[j] = z[j] + b[j]
         if code == ACT_SIGMOID:
-            for j in range(n):
+            for j in range(j0, j1):
                 z[j] = 1 / (1 + _exp(-z[j]))
         elif code == ACT_TANH:
-            for j in range(n):
+            for j in range(j0, j1):
                 z[j] = _tanh(z[j])
         elif code == ACT_RELU:
-            for j in range(n):
+            for j in range(j0, j1):
                 # keeps NaN as NaN (the comparison is false), so divergence shows
                 if z[j] < 0:
                     z[j] = 0
         elif code == ACT_SOFTMAX:
-            mx = z[0]
-            for j in range(1, n):
+            mx = z[j0]
+            for j in range(j0 + 1, j1):
                 if z[j] > mx:
                     mx = z[j]
             s = 0
-            for j in range(n):
+            for j in range(j0, j1):
                 v = _exp(z[j] - mx)
                 z[j] = v
                 s = s + v
             s = 1 / s
-            for j in range(n):
+            for j in range(j0, j1):
                 z[j] = z[j] * s
 
 
@@ -204,31 +462,26 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
     the first m already pointing at the input rows (anywhere in memory), and
     the rest are filled here (``rows[l*m + i]`` = row i of A_l) for
     ``backward_update``. Larger batches use BLAS on the contiguous ``A0``
-    (row stride sizes[0]); ``rows`` is then unused.
+    (row stride sizes[0]); ``rows`` is then unused. Each layer's product
+    and activation run as one parallel region over blocks of its outputs.
     """
     cdef int l
     cdef Py_ssize_t i
-    cdef int n_in, n_out
+    cdef int n_out
     cdef bint small = m <= small_max_rows
-    cdef const floating* A = A0
     cdef floating* Z
-    cdef const floating* W
+    cdef Job job
+    init_job(&job, JOB_FORWARD, net, m, <void*>params, NULL, NULL, NULL, <void*>work,
+             <const void*>A0, <const void**>rows, small, NULL)
+    job.f32 = floating is float
+    job.keep_z = keep_z
     for l in range(net.L):
-        n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
-        W = params + net.woff[l]
         Z = act_ptr(net, work, m, l + 1)
         for i in range(m):
             rows[(l + 1) * m + i] = Z + i * n_out
-        if small:
-            small_nt(rows + l * m, W, Z, m, n_out, n_in)
-        else:
-            # Z = A W^T  (row-major (m, n_in) x (n_in, n_out))
-            gemm_rm(NoTrans, Trans, <int>m, n_out, n_in, <floating>1.0, A, n_in,
-                    W, n_in, <floating>0.0, Z, n_out)
-        bias_activate(net.acts[l], Z, W + <Py_ssize_t>n_out * n_in, m, n_out,
-                      zout_ptr(net, work, m) if (keep_z and l == net.L - 1) else NULL)
-        A = Z
+        job.l = l
+        run_job(&job)
 
 
 # ---------------------------------------------------------------- backward
@@ -314,27 +567,29 @@ cdef void times_derivative(int code, floating* D, const floating* A,
 cdef void backward(const Net* net, const floating* params, floating* grad,
                    const floating* A0, floating* work, Py_ssize_t m,
                    bint accumulate) noexcept nogil:
-    """grad (+)= dC/dparams from D_L; D_L must be set. Never computes D_0."""
+    """grad (+)= dC/dparams from D_L; D_L must be set. Never computes D_0.
+
+    Per layer, from the top: ``gW = D^T A`` (parallel over blocks of W's
+    rows), ``gb = sum_rows D``, then ``D_l = (D_{l+1} W_l) * f'(A_l)``
+    (parallel over blocks of D_l's columns)."""
     cdef int l
     cdef Py_ssize_t i, j
     cdef int n_in, n_out
-    cdef const floating* A
     cdef floating* D
-    cdef floating* gW
     cdef floating* gb
-    cdef const floating* W
-    cdef floating beta = 1 if accumulate else 0
+    cdef Job job
+    init_job(&job, JOB_GRAD, net, m, <void*>params, <void*>grad, NULL, NULL, <void*>work,
+             <const void*>A0, NULL, False, NULL)
+    job.f32 = floating is float
+    job.accumulate = accumulate
     for l in range(net.L - 1, -1, -1):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
-        A = A0 if l == 0 else act_ptr(net, work, m, l)
         D = delta_ptr(net, work, m, l + 1)
-        W = params + net.woff[l]
-        gW = grad + net.woff[l]
-        gb = gW + <Py_ssize_t>n_out * n_in
-        # gW = D^T A  ((n_out, m) x (m, n_in))
-        gemm_rm(Trans, NoTrans, n_out, n_in, <int>m, <floating>1.0, D, n_out,
-                A, n_in, beta, gW, n_in)
+        gb = grad + net.woff[l] + <Py_ssize_t>n_out * n_in
+        job.l = l
+        job.kind = JOB_GRAD
+        run_job(&job)
         if not accumulate:
             for j in range(n_out):
                 gb[j] = 0
@@ -342,11 +597,8 @@ cdef void backward(const Net* net, const floating* params, floating* grad,
             for j in range(n_out):
                 gb[j] = gb[j] + D[i * n_out + j]
         if l > 0:
-            # D_l = (D_{l+1} W_l) * f'(A_l)
-            gemm_rm(NoTrans, NoTrans, <int>m, n_in, n_out, <floating>1.0, D, n_out,
-                    W, n_in, <floating>0.0, delta_ptr(net, work, m, l), n_in)
-            times_derivative(net.acts[l - 1], delta_ptr(net, work, m, l), A,
-                             m * n_in)
+            job.kind = JOB_DELTA
+            run_job(&job)
 
 
 # ---------------------------------------------------------------- updates
@@ -448,15 +700,15 @@ cdef extern from "_small.h" nogil:
     double fastnn_sumsq_d(const double* x, Py_ssize_t n)
     double fastnn_sumsq_s(const float* x, Py_ssize_t n)
     void small_nt_d(const double** Ar, const double* W, double* Z,
-                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz)
     void small_nt_s(const float** Ar, const float* W, float* Z,
-                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
-    int small_tn_update_d(const double* D, const double** Ar, double* W, double* V,
-                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
-                          double eta, double mu, double l2)
-    int small_tn_update_s(const float* D, const float** Ar, float* W, float* V,
-                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
-                          float eta, float mu, float l2)
+                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz)
+    int small_tn_update_d(const double* D, Py_ssize_t ldd, const double** Ar, Py_ssize_t a_off,
+                          double* W, double* V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
+                          Py_ssize_t k, int mode, double eta, double mu, double l2)
+    int small_tn_update_s(const float* D, Py_ssize_t ldd, const float** Ar, Py_ssize_t a_off,
+                          float* W, float* V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
+                          Py_ssize_t k, int mode, float eta, float mu, float l2)
 
 # With AVX2 and FMA, batches of at most small_max_rows rows compute their
 # forward products with the small-batch kernels of _small.h, and batches of at
@@ -508,21 +760,21 @@ def set_small_max_rows(Py_ssize_t rows):
 
 
 cdef inline void small_nt(const floating** Ar, const floating* W, floating* Z,
-                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+                          Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz) noexcept nogil:
     if floating is float:
-        small_nt_s(Ar, W, Z, m, n, k)
+        small_nt_s(Ar, W, Z, m, n, k, ldz)
     else:
-        small_nt_d(Ar, W, Z, m, n, k)
+        small_nt_d(Ar, W, Z, m, n, k, ldz)
 
 
-cdef inline int small_tn_update(const floating* D, const floating** Ar, floating* W,
-                                floating* V, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                                int mode, floating eta, floating mu,
-                                floating l2) noexcept nogil:
+cdef inline int small_tn_update(const floating* D, Py_ssize_t ldd, const floating** Ar,
+                                Py_ssize_t a_off, floating* W, floating* V, Py_ssize_t ldw,
+                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
+                                floating eta, floating mu, floating l2) noexcept nogil:
     if floating is float:
-        return small_tn_update_s(D, Ar, W, V, m, n, k, mode, eta, mu, l2)
+        return small_tn_update_s(D, ldd, Ar, a_off, W, V, ldw, m, n, k, mode, eta, mu, l2)
     else:
-        return small_tn_update_d(D, Ar, W, V, m, n, k, mode, eta, mu, l2)
+        return small_tn_update_d(D, ldd, Ar, a_off, W, V, ldw, m, n, k, mode, eta, mu, l2)
 
 
 cdef int backward_update(const Net* net, floating* params, floating* grad,
@@ -535,49 +787,45 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     old weights, ``D_l = (D_{l+1} W_l) * f'(A_l)``, then applies the update to
     W_l and b_l: for small batches (SGD rules) the gradient is formed and
     applied in one pass (``small_tn_update``), otherwise BLAS writes it into
-    ``grad`` and ``update_segment`` applies it. Returns 1 if a new parameter
+    ``grad`` and ``update_segment`` applies it. Both run as parallel regions
+    over blocks (columns of D_l, rows of W_l). Returns 1 if a new parameter
     is not finite.
     """
-    cdef int l, bad = 0
-    cdef Py_ssize_t i, j, nw
+    cdef int l, t, nt, bad = 0
+    cdef Py_ssize_t i, j, nw, macs
     cdef int n_in, n_out
-    cdef const floating* A
     cdef floating* D
-    cdef floating* W
-    cdef floating* gW
     cdef floating* gb
     cdef Py_ssize_t off
+    cdef Job job
+    init_job(&job, JOB_DELTA, net, m, <void*>params, <void*>grad, <void*>vel, <void*>sq,
+             <void*>work, <const void*>A0, <const void**>rows, False, r)
+    job.f32 = floating is float
     for l in range(net.L - 1, -1, -1):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
         nw = <Py_ssize_t>n_out * n_in
+        macs = m * nw
         off = net.woff[l]
-        A = A0 if l == 0 else act_ptr(net, work, m, l)
         D = delta_ptr(net, work, m, l + 1)
-        W = params + off
+        job.l = l
         if l > 0:
-            gemm_rm(NoTrans, NoTrans, <int>m, n_in, n_out, <floating>1.0, D, n_out,
-                    W, n_in, <floating>0.0, delta_ptr(net, work, m, l), n_in)
-            times_derivative(net.acts[l - 1], delta_ptr(net, work, m, l), A,
-                             m * n_in)
-        gW = grad + off
-        gb = gW + nw
-        if (m <= fused_max_rows and r.mode != RULE_ADAM
-                and m * nw <= FUSED_MAX_MACS):
-            bad |= small_tn_update(D, rows + l * m, W, vel + off, m, n_out, n_in,
-                                   r.mode, <floating>r.eta, <floating>r.mu,
-                                   <floating>r.l2)
-        else:
-            gemm_rm(Trans, NoTrans, n_out, n_in, <int>m, <floating>1.0, D, n_out,
-                    A, n_in, <floating>0.0, gW, n_in)
-            bad |= update_segment(W, gW, vel + off, sq + off, nw, r, True)
+            job.kind = JOB_DELTA
+            run_job(&job)
+        job.kind = JOB_GRAD_UPDATE
+        job.small = (m <= fused_max_rows and r.mode != RULE_ADAM
+                     and macs <= FUSED_MAX_MACS)
+        bad |= run_job(&job)
+        gb = grad + off + nw
         for j in range(n_out):
             gb[j] = 0
         for i in range(m):
             for j in range(n_out):
                 gb[j] = gb[j] + D[i * n_out + j]
-        bad |= update_segment(W + nw, gb, vel + off + nw, sq + off + nw, n_out, r, False)
+        bad |= update_segment(params + off + nw, gb, vel + off + nw, sq + off + nw, n_out, r, False)
     return bad
+
+
 
 
 # ---------------------------------------------------------------- cost

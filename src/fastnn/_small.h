@@ -90,12 +90,16 @@ static int fastnn_small_available(void)
 #else  /* no AVX2 kernels in this build: callers use BLAS */
 #define FASTNN_HAVE_SMALL 0
 static int fastnn_small_available(void) { return 0; }
-static void small_nt_d(const double *const *A, const double *W, double *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
-static void small_nt_s(const float *const *A, const float *W, float *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
-static int small_tn_update_d(const double *D, const double *const *A, double *W, double *V, Py_ssize_t m,
-                             Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu, double l2) { return 1; }
-static int small_tn_update_s(const float *D, const float *const *A, float *W, float *V, Py_ssize_t m,
-                             Py_ssize_t n, Py_ssize_t k, int mode, float eta, float mu, float l2) { return 1; }
+static void small_nt_d(const double *const *A, const double *W, double *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       Py_ssize_t ldz) {}
+static void small_nt_s(const float *const *A, const float *W, float *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       Py_ssize_t ldz) {}
+static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *const *A, Py_ssize_t a_off,
+                             double *W, double *V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu,
+                             double l2) { return 1; }
+static int small_tn_update_s(const float *D, Py_ssize_t ldd, const float *const *A, Py_ssize_t a_off,
+                             float *W, float *V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode, float eta, float mu,
+                             float l2) { return 1; }
 #endif
 
 #endif

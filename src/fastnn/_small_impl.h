@@ -48,10 +48,12 @@ FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const
 /* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
  * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered). */
 FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W, T *Z,
-                                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+                                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                           Py_ssize_t ldz)
 {
     Py_ssize_t i, j, kk, t0, tw;
-    for (i = 0; i < m * n; i++) Z[i] = 0;
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++) Z[i * ldz + j] = 0;
     for (t0 = 0; t0 < k; t0 += FASTNN_KTILE) {
         tw = k - t0 < FASTNN_KTILE ? k - t0 : FASTNN_KTILE;
         Py_ssize_t tv = tw - tw % VL;
@@ -61,10 +63,10 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
                 T sb[8];
                 CAT(dot_4x2, SFX)(Ar[i] + t0, Ar[i + 1] + t0, Ar[i + 2] + t0, Ar[i + 3] + t0,
                                   w0, w1, tw, sb);
-                Z[i * n + j] += sb[0];       Z[i * n + j + 1] += sb[4];
-                Z[(i + 1) * n + j] += sb[1]; Z[(i + 1) * n + j + 1] += sb[5];
-                Z[(i + 2) * n + j] += sb[2]; Z[(i + 2) * n + j + 1] += sb[6];
-                Z[(i + 3) * n + j] += sb[3]; Z[(i + 3) * n + j + 1] += sb[7];
+                Z[i * ldz + j] += sb[0];       Z[i * ldz + j + 1] += sb[4];
+                Z[(i + 1) * ldz + j] += sb[1]; Z[(i + 1) * ldz + j + 1] += sb[5];
+                Z[(i + 2) * ldz + j] += sb[2]; Z[(i + 2) * ldz + j + 1] += sb[6];
+                Z[(i + 3) * ldz + j] += sb[3]; Z[(i + 3) * ldz + j + 1] += sb[7];
             }
             for (; i + 2 <= m; i += 2) {
                 const T *a0 = Ar[i] + t0, *a1 = Ar[i + 1] + t0;
@@ -80,8 +82,8 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
                     s00 += w0[kk] * a0[kk]; s01 += w0[kk] * a1[kk];
                     s10 += w1[kk] * a0[kk]; s11 += w1[kk] * a1[kk];
                 }
-                Z[i * n + j] += s00;       Z[i * n + j + 1] += s10;
-                Z[(i + 1) * n + j] += s01; Z[(i + 1) * n + j + 1] += s11;
+                Z[i * ldz + j] += s00;       Z[i * ldz + j + 1] += s10;
+                Z[(i + 1) * ldz + j] += s01; Z[(i + 1) * ldz + j + 1] += s11;
             }
             for (; i < m; i++) {
                 const T *a0 = Ar[i] + t0;
@@ -93,7 +95,7 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
                 }
                 T s0 = HSUM(c0), s1 = HSUM(c1);
                 for (kk = tv; kk < tw; kk++) { s0 += w0[kk] * a0[kk]; s1 += w1[kk] * a0[kk]; }
-                Z[i * n + j] += s0; Z[i * n + j + 1] += s1;
+                Z[i * ldz + j] += s0; Z[i * ldz + j + 1] += s1;
             }
         }
         for (; j < n; j++) {
@@ -104,7 +106,7 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
                 for (kk = 0; kk < tv; kk += VL) c0 = VFMA(VLOAD(w0 + kk), VLOAD(a0 + kk), c0);
                 T s0 = HSUM(c0);
                 for (kk = tv; kk < tw; kk++) s0 += w0[kk] * a0[kk];
-                Z[i * n + j] += s0;
+                Z[i * ldz + j] += s0;
             }
         }
     }
@@ -114,7 +116,8 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
  * while all of W streams past them (from L2), each dot product over the whole
  * of k, so there is one horizontal sum per output. */
 FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, T *Z,
-                                               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+                                               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                               Py_ssize_t ldz)
 {
     Py_ssize_t i0, j, kk, r;
     Py_ssize_t kv = k - k % VL;
@@ -122,17 +125,17 @@ FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, 
         r = m - i0 < 4 ? m - i0 : 4;
         if (r < 4) {
             /* last rows: the tiled kernel handles any shape */
-            CAT(small_nt_tiled, SFX)(Ar + i0, W, Z + i0 * n, r, n, k);
+            CAT(small_nt_tiled, SFX)(Ar + i0, W, Z + i0 * ldz, r, n, k, ldz);
             break;
         }
         const T *a0 = Ar[i0], *a1 = Ar[i0 + 1], *a2 = Ar[i0 + 2], *a3 = Ar[i0 + 3];
         for (j = 0; j + 2 <= n; j += 2) {
             T sb[8];
             CAT(dot_4x2, SFX)(a0, a1, a2, a3, W + j * k, W + (j + 1) * k, k, sb);
-            Z[i0 * n + j] = sb[0];       Z[i0 * n + j + 1] = sb[4];
-            Z[(i0 + 1) * n + j] = sb[1]; Z[(i0 + 1) * n + j + 1] = sb[5];
-            Z[(i0 + 2) * n + j] = sb[2]; Z[(i0 + 2) * n + j + 1] = sb[6];
-            Z[(i0 + 3) * n + j] = sb[3]; Z[(i0 + 3) * n + j + 1] = sb[7];
+            Z[i0 * ldz + j] = sb[0];       Z[i0 * ldz + j + 1] = sb[4];
+            Z[(i0 + 1) * ldz + j] = sb[1]; Z[(i0 + 1) * ldz + j + 1] = sb[5];
+            Z[(i0 + 2) * ldz + j] = sb[2]; Z[(i0 + 2) * ldz + j + 1] = sb[6];
+            Z[(i0 + 3) * ldz + j] = sb[3]; Z[(i0 + 3) * ldz + j + 1] = sb[7];
         }
         for (; j < n; j++) {
             const T *w0 = W + j * k;
@@ -147,20 +150,21 @@ FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, 
                 s0 += w0[kk] * a0[kk]; s1 += w0[kk] * a1[kk];
                 s2 += w0[kk] * a2[kk]; s3 += w0[kk] * a3[kk];
             }
-            Z[i0 * n + j] = s0; Z[(i0 + 1) * n + j] = s1;
-            Z[(i0 + 2) * n + j] = s2; Z[(i0 + 3) * n + j] = s3;
+            Z[i0 * ldz + j] = s0; Z[(i0 + 1) * ldz + j] = s1;
+            Z[(i0 + 2) * ldz + j] = s2; Z[(i0 + 3) * ldz + j] = s3;
         }
     }
 }
 
-/* Z = A W^T: k-tiled (W read once) for the smallest batches, rows-outer above. */
+/* Z = A W^T (row stride of Z: ldz): k-tiled (W read once) for the smallest
+ * batches, rows-outer above. */
 static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
-                               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
+                               Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz)
 {
     if (m <= FASTNN_TILED_MAX_ROWS)
-        CAT(small_nt_tiled, SFX)(Ar, W, Z, m, n, k);
+        CAT(small_nt_tiled, SFX)(Ar, W, Z, m, n, k, ldz);
     else
-        CAT(small_nt_rows, SFX)(Ar, W, Z, m, n, k);
+        CAT(small_nt_rows, SFX)(Ar, W, Z, m, n, k, ldz);
 }
 
 /* The update of one vector of parameters, the same arithmetic as
@@ -197,13 +201,15 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, int mode, T eta, T mu
     return !(w - w == 0);
 }
 
-/* W <- update(W, D^T A) for W: n x k, D: m x n, A: m x k (row i at Ar[i]), with velocity V
- * (same shape), without storing the gradient: for four rows of W at a time
+/* W <- update(W, D^T A) for W: n x k (row stride ldw), D: m x n (row stride
+ * ldd), A: m x k (row i at Ar[i] + a_off), with velocity V (same layout as W),
+ * without storing the gradient: for four rows of W at a time
  * and one vector of columns, g = sum_i D[i, j] A[i, cols] is formed in
  * registers and applied at once. mode: 0 plain (V unused), 1 momentum,
  * 2 Nesterov; l2 multiplies W (pass 0 for biases). Returns 1 if a new value
  * is not finite. */
-FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *const *Ar, T *W, T *V,
+FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, const T *const *Ar,
+                                                Py_ssize_t a_off, T *W, T *V, Py_ssize_t ldw,
                                                 Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                                 int mode, T eta, T mu, T l2)
 {
@@ -215,16 +221,16 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *const *Ar,
         tw = k - t0 < FASTNN_KTILE ? k - t0 : FASTNN_KTILE;
         tv = tw - tw % VL;
         for (j = 0; j + 4 <= n; j += 4) {
-            T *p0 = W + j * k + t0, *p1 = p0 + k, *p2 = p1 + k, *p3 = p2 + k;
-            T *v0 = V + j * k + t0, *v1 = v0 + k, *v2 = v1 + k, *v3 = v2 + k;
+            T *p0 = W + j * ldw + t0, *p1 = p0 + ldw, *p2 = p1 + ldw, *p3 = p2 + ldw;
+            T *v0 = V + j * ldw + t0, *v1 = v0 + ldw, *v2 = v1 + ldw, *v3 = v2 + ldw;
             for (kk = 0; kk + 2 * VL <= tv; kk += 2 * VL) {
                 /* 4 rows x 2 vectors: 6 loads feed 8 FMAs */
                 VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
                 VT h0 = VZERO(), h1 = VZERO(), h2 = VZERO(), h3 = VZERO();
                 for (i = 0; i < m; i++) {
-                    const T *ai = Ar[i] + t0 + kk;
+                    const T *ai = Ar[i] + a_off + t0 + kk;
                     VT a = VLOAD(ai), b = VLOAD(ai + VL);
-                    const T *d = D + i * n + j;
+                    const T *d = D + i * ldd + j;
                     VT d0 = VSET1(d[0]), d1 = VSET1(d[1]), d2 = VSET1(d[2]), d3 = VSET1(d[3]);
                     g0 = VFMA(d0, a, g0); h0 = VFMA(d0, b, h0);
                     g1 = VFMA(d1, a, g1); h1 = VFMA(d1, b, h1);
@@ -239,8 +245,8 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *const *Ar,
             for (; kk < tv; kk += VL) {
                 VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
                 for (i = 0; i < m; i++) {
-                    VT a = VLOAD(Ar[i] + t0 + kk);
-                    const T *d = D + i * n + j;
+                    VT a = VLOAD(Ar[i] + a_off + t0 + kk);
+                    const T *d = D + i * ldd + j;
                     g0 = VFMA(VSET1(d[0]), a, g0);
                     g1 = VFMA(VSET1(d[1]), a, g1);
                     g2 = VFMA(VSET1(d[2]), a, g2);
@@ -253,11 +259,11 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *const *Ar,
             }
         }
         for (; j < n; j++) {
-            T *p0 = W + j * k + t0, *v0 = V + j * k + t0;
+            T *p0 = W + j * ldw + t0, *v0 = V + j * ldw + t0;
             for (kk = 0; kk < tv; kk += VL) {
                 VT g0 = VZERO();
                 for (i = 0; i < m; i++)
-                    g0 = VFMA(VSET1(D[i * n + j]), VLOAD(Ar[i] + t0 + kk), g0);
+                    g0 = VFMA(VSET1(D[i * ldd + j]), VLOAD(Ar[i] + a_off + t0 + kk), g0);
                 UPDATE_VEC(p0 + kk, g0, v0 + kk, chk);
             }
         }
@@ -265,8 +271,8 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, const T *const *Ar,
         for (j = 0; j < n; j++) {
             for (kk = tv; kk < tw; kk++) {
                 T g = 0;
-                for (i = 0; i < m; i++) g += D[i * n + j] * Ar[i][t0 + kk];
-                bad |= CAT(update_scalar, SFX)(W + j * k + t0 + kk, g, V + j * k + t0 + kk,
+                for (i = 0; i < m; i++) g += D[i * ldd + j] * Ar[i][a_off + t0 + kk];
+                bad |= CAT(update_scalar, SFX)(W + j * ldw + t0 + kk, g, V + j * ldw + t0 + kk,
                                               mode, eta, mu, l2);
             }
         }

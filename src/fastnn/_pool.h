@@ -1,0 +1,241 @@
+/* A small pool of helper threads for the kernels' parallel regions.
+ *
+ * fastnn_pool_run(ntasks, fn, ctx) runs fn(ctx, t) for t = 0..ntasks-1 and
+ * returns when all have finished. The calling thread claims and runs tasks
+ * itself; helpers (spinning briefly after each region, then asleep) claim
+ * the others. Nobody waits for a helper that has not started: if the other
+ * cores are busy, the caller simply runs every task, so a loaded machine
+ * costs at most the run time of the tasks a helper has already claimed.
+ * Tasks must write disjoint memory; which thread runs a task never changes
+ * its result, so a run is reproducible bit for bit (the callers choose the
+ * blocks from the problem and the thread count, never from timing).
+ *
+ * Claiming uses one 64-bit word, state = (seq << 32) | next task. A job is
+ * published by making seq odd (closed), writing fn/ctx/ntasks, then making it
+ * even with next = 0; a helper reads the job's fields between two reads of
+ * an equal even seq (a seqlock) and claims a task with a compare-and-swap
+ * that also checks seq, so it never runs a task of a job it did not read.
+ *
+ * One region runs at a time: a second thread of the process that calls
+ * fastnn_pool_run meanwhile (or a task that calls it) runs its tasks inline.
+ * After fork() the child starts with no helpers (they are re-created on use).
+ * Without POSIX threads (MSVC) every region runs inline.
+ */
+#ifndef FASTNN_POOL_H
+#define FASTNN_POOL_H
+
+typedef void (*fastnn_task_fn)(void *ctx, int task);
+
+#define FASTNN_POOL_MAX_THREADS 8
+
+#if !defined(_WIN32) && (defined(__GNUC__) || defined(__clang__))
+#define FASTNN_HAVE_POOL 1
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FASTNN_SPIN_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define FASTNN_SPIN_PAUSE() __asm__ __volatile__("yield")
+#else
+#define FASTNN_SPIN_PAUSE() ((void)0)
+#endif
+
+#define FP_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define FP_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* how long an idle helper spins before it sleeps, in nanoseconds */
+#define FASTNN_POOL_IDLE_SPIN_NS 300000L
+
+static struct {
+    uint64_t state;             /* (seq << 32) | next task */
+    int done;                   /* tasks finished in the current job */
+    fastnn_task_fn fn;          /* the current job (valid while seq is even) */
+    void *ctx;
+    int ntasks;
+    int busy;                   /* a region is running */
+    int threads;                /* threads used by a region, caller included */
+    int started;                /* helpers created */
+    int sleepers;               /* helpers asleep (or about to sleep) */
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+} fastnn_pool = {0, 0, 0, 0, 0, 0, 1, 0, 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static long fastnn_pool_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* Claim and run tasks of job seq (whose fields are fn/ctx/ntasks) until none is left. */
+static void fastnn_pool_work(uint32_t seq, fastnn_task_fn fn, void *ctx, int ntasks)
+{
+    for (;;) {
+        uint64_t s = FP_LOAD(&fastnn_pool.state);
+        uint32_t next;
+        if ((uint32_t)(s >> 32) != seq) return;
+        next = (uint32_t)s;
+        if (next >= (uint32_t)ntasks) return;
+        if (__atomic_compare_exchange_n(&fastnn_pool.state, &s, s + 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            fn(ctx, (int)next);
+            __atomic_add_fetch(&fastnn_pool.done, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+}
+
+static void *fastnn_pool_helper(void *arg)
+{
+    uint32_t seen = 0;
+    (void)arg;
+    for (;;) {
+        long idle_since = fastnn_pool_now_ns();
+        int spins = 0;
+        for (;;) {
+            uint64_t s = FP_LOAD(&fastnn_pool.state);
+            uint32_t seq = (uint32_t)(s >> 32);
+            if (!(seq & 1) && seq != seen && (uint32_t)s < (uint32_t)FP_LOAD(&fastnn_pool.ntasks)) {
+                fastnn_task_fn fn = FP_LOAD(&fastnn_pool.fn);
+                void *ctx = FP_LOAD(&fastnn_pool.ctx);
+                int ntasks = FP_LOAD(&fastnn_pool.ntasks);
+                __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                if ((uint32_t)(FP_LOAD(&fastnn_pool.state) >> 32) == seq) {
+                    fastnn_pool_work(seq, fn, ctx, ntasks);
+                    seen = seq;
+                    idle_since = fastnn_pool_now_ns();
+                }
+                continue;
+            }
+            FASTNN_SPIN_PAUSE();
+            if (++spins % 256 == 0 && fastnn_pool_now_ns() - idle_since > FASTNN_POOL_IDLE_SPIN_NS)
+                break;
+        }
+        /* idle: sleep until a job is published */
+        pthread_mutex_lock(&fastnn_pool.mu);
+        __atomic_add_fetch(&fastnn_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+        for (;;) {
+            uint64_t s = __atomic_load_n(&fastnn_pool.state, __ATOMIC_SEQ_CST);
+            uint32_t seq = (uint32_t)(s >> 32);
+            if (!(seq & 1) && seq != seen && (uint32_t)s < (uint32_t)FP_LOAD(&fastnn_pool.ntasks))
+                break;
+            pthread_cond_wait(&fastnn_pool.wake, &fastnn_pool.mu);
+        }
+        __atomic_sub_fetch(&fastnn_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+        pthread_mutex_unlock(&fastnn_pool.mu);
+    }
+    return NULL;
+}
+
+static void fastnn_pool_after_fork_child(void)
+{
+    /* the helpers do not exist in the child */
+    pthread_mutex_init(&fastnn_pool.mu, NULL);
+    pthread_cond_init(&fastnn_pool.wake, NULL);
+    fastnn_pool.started = 0;
+    fastnn_pool.sleepers = 0;
+    fastnn_pool.busy = 0;
+}
+
+/* Start the helpers (threads - 1 of them); returns how many run. */
+static int fastnn_pool_start(int helpers)
+{
+    static int atfork_done = 0;
+    int i, made = 0;
+    pthread_attr_t attr;
+    if (!atfork_done) {
+        pthread_atfork(NULL, NULL, fastnn_pool_after_fork_child);
+        atfork_done = 1;
+    }
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (i = 0; i < helpers; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, fastnn_pool_helper, NULL) != 0) break;
+        made++;
+    }
+    pthread_attr_destroy(&attr);
+    return made;
+}
+
+static void fastnn_pool_run(int ntasks, fastnn_task_fn fn, void *ctx)
+{
+    int t;
+    uint64_t s;
+    uint32_t seq;
+    if (ntasks <= 0) return;
+    if (ntasks == 1 || fastnn_pool.threads <= 1 ||
+        __atomic_exchange_n(&fastnn_pool.busy, 1, __ATOMIC_ACQUIRE)) {
+        for (t = 0; t < ntasks; t++) fn(ctx, t);
+        return;
+    }
+    if (fastnn_pool.started < fastnn_pool.threads - 1)
+        fastnn_pool.started += fastnn_pool_start(fastnn_pool.threads - 1 - fastnn_pool.started);
+    /* close (odd seq), write the job, open it (even seq, next = 0) */
+    s = FP_LOAD(&fastnn_pool.state);
+    seq = (uint32_t)(s >> 32) + 1;
+    __atomic_store_n(&fastnn_pool.state, ((uint64_t)seq << 32) | 0xffffffffu, __ATOMIC_SEQ_CST);
+    FP_STORE(&fastnn_pool.fn, fn);
+    FP_STORE(&fastnn_pool.ctx, ctx);
+    FP_STORE(&fastnn_pool.ntasks, ntasks);
+    FP_STORE(&fastnn_pool.done, 0);
+    seq += 1;
+    __atomic_store_n(&fastnn_pool.state, (uint64_t)seq << 32, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&fastnn_pool.sleepers, __ATOMIC_SEQ_CST) > 0) {
+        pthread_mutex_lock(&fastnn_pool.mu);
+        pthread_cond_broadcast(&fastnn_pool.wake);
+        pthread_mutex_unlock(&fastnn_pool.mu);
+    }
+    fastnn_pool_work(seq, fn, ctx, ntasks);
+    /* wait for the tasks helpers claimed */
+    {
+        int spins = 0;
+        while (FP_LOAD(&fastnn_pool.done) < ntasks) {
+            FASTNN_SPIN_PAUSE();
+            if (++spins > 4096) sched_yield();
+        }
+    }
+    __atomic_store_n(&fastnn_pool.busy, 0, __ATOMIC_RELEASE);
+}
+
+static int fastnn_pool_cpu_count(void)
+{
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+#endif
+    {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        return n > 0 ? (int)n : 1;
+    }
+}
+
+#else /* no POSIX threads: every region runs in the caller */
+#define FASTNN_HAVE_POOL 0
+static struct { int threads; } fastnn_pool = {1};
+static void fastnn_pool_run(int ntasks, fastnn_task_fn fn, void *ctx)
+{
+    int t;
+    for (t = 0; t < ntasks; t++) fn(ctx, t);
+}
+static int fastnn_pool_cpu_count(void) { return 1; }
+#endif
+
+/* Threads a region may use (caller included), clamped to [1, FASTNN_POOL_MAX_THREADS]
+ * (1 where there is no pool). Returns the value in effect. Call while no region runs. */
+static int fastnn_pool_set_threads(int n)
+{
+    if (n < 1) n = 1;
+    if (n > FASTNN_POOL_MAX_THREADS) n = FASTNN_POOL_MAX_THREADS;
+    if (!FASTNN_HAVE_POOL) n = 1;
+    fastnn_pool.threads = n;
+    return n;
+}
+
+static int fastnn_pool_get_threads(void) { return fastnn_pool.threads; }
+
+#endif

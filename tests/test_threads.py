@@ -1,0 +1,206 @@
+"""The kernels' thread pool: results independent of the thread count, safe with
+Python threads and fork, and the public thread setting."""
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _core
+
+from conftest import make_data
+
+pytestmark = pytest.mark.skipif(not _core.POOL_AVAILABLE, reason="this build has no thread pool")
+
+# [in, hidden, hidden, out] with widths that leave partial blocks (not multiples of 4, 8 or 16)
+SIZES = [37, 45, 23, 5]
+
+
+@pytest.fixture
+def split_everything():
+    """Split every product between threads, however small (restored after)."""
+    old = _core.set_split_thresholds(0, 1), fastnn.get_num_threads()
+    try:
+        yield
+    finally:
+        _core.set_split_thresholds(*old[0])
+        fastnn.set_num_threads(old[1])
+
+
+def _train(threads, dtype, mu, nesterov, batch_size, adam=False, small=True):
+    fastnn.set_num_threads(threads)
+    old = _core.set_small_max_rows(1 << 30 if small else 0), _core.set_fused_max_rows(1 << 30 if small else 0)
+    try:
+        X, y = make_data(150, SIZES[0], SIZES[-1], seed=11)
+        net = fastnn.Network(SIZES, hidden=["tanh", "relu"], output="softmax", cost="log-likelihood",
+                             dtype=dtype, seed=12)
+        opt = fastnn.Adam(eta=0.01) if adam else fastnn.SGD(eta=0.1, momentum=mu, nesterov=nesterov)
+        net.fit(X, y, epochs=2, batch_size=batch_size, optimizer=opt, lmbda=0.5, seed=13,
+                monitor_training=False)
+        return net.params.copy(), opt._state_for(net)[0].copy()
+    finally:
+        _core.set_small_max_rows(old[0])
+        _core.set_fused_max_rows(old[1])
+
+
+def assert_close(a, b, dtype, what):
+    """Equal up to the rounding of a different blocking of the same sums."""
+    tol = 1e-12 if np.dtype(dtype) == np.float64 else 1e-4  # 44 steps of float32 rounding
+    scale = np.maximum(np.abs(b), 1e-2)
+    err = np.max(np.abs(a - b) / scale)
+    assert err < tol, f"{what}: relative difference {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("batch_size", [7, 64])
+@pytest.mark.parametrize("small", [True, False], ids=["small-kernels", "blas"])
+def test_training_is_reproducible_and_agrees_across_thread_counts(split_everything, dtype, rule,
+                                                                  batch_size, small):
+    """With a given thread count every run gives the same bits (a block's result never depends
+    on which thread runs it); different thread counts block the products differently and agree
+    to rounding. Rows are split at batch 64 (> the widths), columns at batch 7, in every kind
+    of region (forward, delta, gradient, fused gradient-and-update)."""
+    mu = 0.0 if rule == "plain" else 0.9
+    args = (dtype, mu, rule == "nesterov", batch_size, rule == "adam", small)
+    p1, v1 = _train(1, *args)
+    for threads in (2, 3, 8):
+        p, v = _train(threads, *args)
+        for _ in range(2):
+            again = _train(threads, *args)
+            np.testing.assert_array_equal(again[0], p, err_msg=f"params, {threads} threads, rerun")
+            np.testing.assert_array_equal(again[1], v, err_msg=f"state, {threads} threads, rerun")
+        assert_close(p, p1, dtype, f"params with {threads} threads")
+        assert_close(v, v1, dtype, f"optimizer state with {threads} threads")
+    # and the network did train
+    fresh = fastnn.Network(SIZES, dtype=dtype, seed=12).params
+    assert np.max(np.abs(p1 - fresh)) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_evaluation_and_gradient_agree_across_thread_counts(split_everything, dtype):
+    X, y = make_data(300, SIZES[0], SIZES[-1], seed=21)
+    net = fastnn.Network(SIZES, hidden=["sigmoid", "relu"], output="softmax", cost="log-likelihood",
+                         dtype=dtype, seed=22)
+    fastnn.set_num_threads(1)
+    out1, (c1, g1) = net.feedforward(X), net.loss_and_gradient(X, y, lmbda=0.3)
+    for threads in (2, 4, 8):
+        fastnn.set_num_threads(threads)
+        out, (c, g) = net.feedforward(X), net.loss_and_gradient(X, y, lmbda=0.3)
+        np.testing.assert_array_equal(net.feedforward(X), out)
+        np.testing.assert_array_equal(net.loss_and_gradient(X, y, lmbda=0.3)[1], g)
+        assert_close(out, out1, dtype, "outputs")
+        assert_close(g, g1, dtype, "gradient")
+        assert abs(c - c1) <= 1e-12 * abs(c1) if dtype == "float64" else 1e-5 * abs(c1)
+
+
+def test_split_training_matches_the_numpy_reference(split_everything):
+    """The split path against the package's NumPy engine (an independent implementation)."""
+    X, y = make_data(90, SIZES[0], SIZES[-1], seed=31)
+    net = fastnn.Network(SIZES, hidden="sigmoid", output="sigmoid", cost="cross-entropy", seed=32)
+    ref = net.copy()
+    fastnn.set_num_threads(4)
+    for engine, n in (("cython", net), ("numpy", ref)):
+        n.fit(X, y, epochs=3, batch_size=16, optimizer=fastnn.SGD(eta=0.5, momentum=0.8, nesterov=True),
+              lmbda=1.0, seed=33, engine=engine, monitor_training=False)
+    scale = np.maximum(np.abs(ref.params), 1e-3)
+    assert np.max(np.abs(net.params - ref.params) / scale) < 1e-12
+
+
+def test_two_python_threads_share_the_pool(split_everything):
+    """Two networks trained at once from two Python threads (the pool runs one region at a
+    time; the other thread's regions run inline) end exactly as when trained one by one."""
+    fastnn.set_num_threads(2)
+    X, y = make_data(400, SIZES[0], SIZES[-1], seed=41)
+
+    def job(seed):
+        net = fastnn.Network(SIZES, hidden="relu", output="softmax", cost="log-likelihood", seed=seed)
+        net.fit(X, y, epochs=3, batch_size=8, optimizer=fastnn.SGD(eta=0.05, momentum=0.9), seed=seed,
+                monitor_training=False)
+        return net.params
+
+    expected = [job(s) for s in (1, 2)]
+    got = [None, None]
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, job(i + 1))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)
+
+
+def _train_in_child(queue):
+    queue.put(_train(2, "float64", 0.9, False, 7)[0])
+
+
+@pytest.mark.skipif(sys.platform == "win32" or "fork" not in multiprocessing.get_all_start_methods(),
+                    reason="fork is not available here")
+def test_kernels_work_in_a_forked_child(split_everything):
+    """The helpers do not survive fork(); the child makes its own and gets the same result."""
+    expected = _train(2, "float64", 0.9, False, 7)[0]  # the parent's helpers now exist
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_train_in_child, args=(queue,))
+    proc.start()
+    got = queue.get(timeout=120)
+    proc.join(timeout=120)
+    assert proc.exitcode == 0
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_set_num_threads_validates_clamps_and_returns_the_old_value():
+    old = fastnn.get_num_threads()
+    try:
+        assert fastnn.set_num_threads(3) == old
+        assert fastnn.get_num_threads() == 3
+        assert fastnn.set_num_threads(10_000) == 3
+        assert fastnn.get_num_threads() == _core.MAX_THREADS
+        assert fastnn.set_num_threads(np.int64(2)) == _core.MAX_THREADS
+        assert fastnn.get_num_threads() == 2
+        for bad, exc in ((0, ValueError), (-1, ValueError), (2.5, TypeError), ("2", TypeError),
+                         (True, TypeError), (None, TypeError)):
+            with pytest.raises(exc, match=r"'n' parameter of set_num_threads must be an integer >= 1\. "
+                                          r"Got .* instead"):
+                fastnn.set_num_threads(bad)
+        assert fastnn.get_num_threads() == 2
+    finally:
+        fastnn.set_num_threads(old)
+
+
+def _import_with_env(value):
+    env = dict(os.environ, FASTNN_NUM_THREADS=value)
+    code = "import fastnn; print(fastnn.get_num_threads())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tempfile.gettempdir(), timeout=120)
+
+
+def test_environment_variable_sets_the_default():
+    r = _import_with_env("1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    r = _import_with_env("99")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == _core.MAX_THREADS
+
+
+@pytest.mark.parametrize("value", ["zero", "0", "-3", "1.5"])
+def test_bad_environment_variable_is_a_clear_error(value):
+    r = _import_with_env(value)
+    assert r.returncode != 0
+    assert "environment variable FASTNN_NUM_THREADS must be an integer >= 1" in r.stderr
+    assert repr(value if not value.lstrip("-").isdigit() else int(value)) in r.stderr
+
+
+def test_default_is_the_cpus_this_process_may_use():
+    env = {k: v for k, v in os.environ.items() if k != "FASTNN_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-c", "import fastnn; print(fastnn.get_num_threads())"],
+                       env=env, capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert int(r.stdout) == max(1, min(expected, _core.MAX_THREADS))
