@@ -170,7 +170,7 @@ cdef enum:
     JOB_DELTA = 1        # D_l = (D_{l+1} W) * f'(A_l): by rows, or by columns when n_in > m
     JOB_GRAD = 2         # gW (+)= D_{l+1}^T A: by columns of W, or by rows when n_out > n_in
     JOB_GRAD_UPDATE = 3  # W <- rule(W, D_{l+1}^T A): split as JOB_GRAD
-    MAX_TASKS = 64
+    MAX_TASKS = 32      # FASTNN_POOL_MAX_TASKS
 
 # A region is split only when its product has at least par_min_macs
 # multiply-adds, into tasks of at least min_task_macs, TASKS_PER_THREAD per
@@ -257,7 +257,12 @@ cdef int run_job(Job* job) noexcept nogil:
         job.split = n_in if job.by_cols else m
         job.unit = 8 if job.by_cols else 1
     else:
-        job.by_cols = n_out <= n_in
+        # The fused kernel splits W by rows, as the forward product does (when it splits
+        # by W's rows): then each task, and so each thread, keeps its block of W and of the
+        # velocity in its own cache from step to step. BLAS splits so that the operand each
+        # task packs is the smaller one.
+        job.by_cols = n_out < 8 or (not (job.kind == JOB_GRAD_UPDATE and job.small)
+                                    and n_out <= n_in)
         job.split = n_in if job.by_cols else n_out
         # whole pairs of vectors of the fused kernel; whole 4-row blocks of W
         job.unit = 16 if job.by_cols else 4

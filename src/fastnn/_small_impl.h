@@ -46,10 +46,11 @@ FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const
 }
 
 /* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
- * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered). */
-FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W, T *Z,
-                                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                                           Py_ssize_t ldz)
+ * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered).
+ * Z is accumulated tile by tile (see small_nt_tiled). */
+FASTNN_AVX2 static void CAT(small_nt_tiled_acc, SFX)(const T *const *Ar, const T *W, T *Z,
+                                                    Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                                    Py_ssize_t ldz)
 {
     Py_ssize_t i, j, kk, t0, tw;
     for (i = 0; i < m; i++)
@@ -109,6 +110,27 @@ FASTNN_AVX2 static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W,
                 Z[i * ldz + j] += s0;
             }
         }
+    }
+}
+
+/* small_nt_tiled_acc through a local buffer, FASTNN_NT_COLS columns at a time: Z is
+ * written once, so threads computing neighbouring column blocks of the same rows
+ * do not pass Z's cache lines back and forth for every k-tile. */
+#define FASTNN_NT_COLS 64
+static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W, T *Z,
+                                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz)
+{
+    T acc[FASTNN_TILED_MAX_ROWS * FASTNN_NT_COLS];
+    Py_ssize_t c, i, j, nc;
+    if (m > FASTNN_TILED_MAX_ROWS) {
+        CAT(small_nt_tiled_acc, SFX)(Ar, W, Z, m, n, k, ldz);
+        return;
+    }
+    for (c = 0; c < n; c += FASTNN_NT_COLS) {
+        nc = n - c < FASTNN_NT_COLS ? n - c : FASTNN_NT_COLS;
+        CAT(small_nt_tiled_acc, SFX)(Ar, W + c * k, acc, m, nc, k, nc);
+        for (i = 0; i < m; i++)
+            for (j = 0; j < nc; j++) Z[i * ldz + c + j] = acc[i * nc + j];
     }
 }
 
