@@ -104,3 +104,47 @@ def test_adam_bad_hyper_parameters():
         fastnn.Adam(beta1=1.0)
     with pytest.raises(ValueError, match="'epsilon' parameter of Adam"):
         fastnn.Adam(epsilon=-1e-8)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
+def test_vectorized_update_is_bitwise_the_scalar_one(dtype, rule):
+    """update_segment's AVX2 twin (used where the CPU has AVX2) rounds exactly as the scalar
+    loop, on segments with partial vectors at the end, and flags a non-finite result."""
+    from fastnn import _core
+    if not _core.SMALL_KERNELS_AVAILABLE:
+        pytest.skip("this CPU or build has no AVX2 kernels")
+    sizes = np.array([13, 7, 3], dtype=np.intc)  # segments of 91, 7, 21, 3 parameters
+    acts = np.array([1, 4], dtype=np.intc)
+    rng = np.random.default_rng(5)
+    n = 13 * 7 + 7 + 7 * 3 + 3
+    p0, g = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    v0, s0 = rng.standard_normal(n).astype(dtype), rng.random(n).astype(dtype)
+    results = []
+    for vector in (False, True):
+        old = _core.set_vector_update(vector)
+        try:
+            p, v, s = p0.copy(), v0.copy(), s0.copy()
+            if rule == "adam":
+                ok = _core.adam_step(sizes, acts, 2, p, g, v, s, 0.01, 0.9, 0.999, 1e-8, 0.3, 4)
+            else:
+                ok = _core.sgd_step(sizes, acts, 2, p, g, v, 0.1, 0.0 if rule == "plain" else 0.9,
+                                    0.3, rule == "nesterov")
+            bad_p = p0.copy()
+            bad_p[-2] = np.finfo(dtype).max  # overflows in the update
+            bad_g = g.copy()
+            bad_g[-2] = -np.finfo(dtype).max
+            vb, sb = v0.copy(), s0.copy()
+            if rule == "adam":
+                bad_g[-2] = np.nan
+                bad_ok = _core.adam_step(sizes, acts, 2, bad_p, bad_g, vb, sb, 0.01, 0.9, 0.999, 1e-8, 0.3, 4)
+            else:
+                bad_ok = _core.sgd_step(sizes, acts, 2, bad_p, bad_g, vb, 10.0,
+                                        0.0 if rule == "plain" else 0.9, 0.3, rule == "nesterov")
+        finally:
+            _core.set_vector_update(old)
+        assert ok and not bad_ok
+        results.append((p, v, s))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(results[0][0], p0)

@@ -651,6 +651,12 @@ cdef int update_segment(floating* p, const floating* g, floating* v, floating* s
     cdef floating c1 = <floating>(1 - r.beta1), c2 = <floating>(1 - r.beta2)
     cdef floating eps = <floating>r.eps, lr_t = <floating>r.lr_t
     cdef floating chk = 0
+    if vector_update:
+        # the same arithmetic, in AVX2 vectors (_small_impl.h)
+        if floating is float:
+            return update_seg_s(p, g, v, s, n, r.mode, eta, mu, l2, b1, b2, c1, c2, eps, lr_t)
+        else:
+            return update_seg_d(p, g, v, s, n, r.mode, eta, mu, l2, b1, b2, c1, c2, eps, lr_t)
     if r.mode == RULE_PLAIN:
         for i in range(n):
             w = c * p[i] - eta * g[i]
@@ -702,6 +708,12 @@ cdef int apply_update(const Net* net, floating* params, const floating* grad,
 
 cdef extern from "_small.h" nogil:
     int fastnn_small_available()
+    int update_seg_d(double* p, const double* g, double* v, double* s, Py_ssize_t n, int mode,
+                     double eta, double mu, double l2, double b1, double b2, double c1,
+                     double c2, double eps, double lr_t)
+    int update_seg_s(float* p, const float* g, float* v, float* s, Py_ssize_t n, int mode,
+                     float eta, float mu, float l2, float b1, float b2, float c1,
+                     float c2, float eps, float lr_t)
     double fastnn_sumsq_d(const double* x, Py_ssize_t n)
     double fastnn_sumsq_s(const float* x, Py_ssize_t n)
     void small_nt_d(const double** Ar, const double* W, double* Z,
@@ -724,6 +736,17 @@ cdef extern from "_small.h" nogil:
 # forward kernel beats OpenBLAS only for small batches, the fused update up
 # to a few hundred rows.
 SMALL_KERNELS_AVAILABLE = bool(fastnn_small_available())
+# update_segment runs its AVX2 twin (identical results) where the CPU has it
+cdef bint vector_update = SMALL_KERNELS_AVAILABLE
+
+
+def set_vector_update(bint on):
+    """Use the AVX2 twin of update_segment (when available); returns the old value.
+    For tests: both give identical results."""
+    global vector_update
+    old = vector_update
+    vector_update = on and SMALL_KERNELS_AVAILABLE
+    return old
 cdef Py_ssize_t small_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
 cdef Py_ssize_t fused_max_rows = 256 if SMALL_KERNELS_AVAILABLE else 0
 # ... and only while the layer's gradient product (m x fan-in x fan-out) is small

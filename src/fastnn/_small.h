@@ -62,6 +62,9 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VSUB _mm256_sub_pd
 #define VMUL _mm256_mul_pd
 #define VFMA _mm256_fmadd_pd
+#define VDIV _mm256_div_pd
+#define VSQRT _mm256_sqrt_pd
+#define SQRT __builtin_sqrt
 #define HSUM fastnn_hsum_d
 #include "_small_impl.h"
 
@@ -78,6 +81,9 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VSUB _mm256_sub_ps
 #define VMUL _mm256_mul_ps
 #define VFMA _mm256_fmadd_ps
+#define VDIV _mm256_div_ps
+#define VSQRT _mm256_sqrt_ps
+#define SQRT __builtin_sqrtf
 #define HSUM fastnn_hsum_s
 #include "_small_impl.h"
 
@@ -94,6 +100,12 @@ static void small_nt_d(const double *const *A, const double *W, double *Z, Py_ss
                        Py_ssize_t ldz) {}
 static void small_nt_s(const float *const *A, const float *W, float *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        Py_ssize_t ldz) {}
+static int update_seg_d(double *p, const double *g, double *v, double *s, Py_ssize_t n, int mode, double eta,
+                        double mu, double l2, double b1, double b2, double c1, double c2, double eps,
+                        double lr_t) { return 1; }
+static int update_seg_s(float *p, const float *g, float *v, float *s, Py_ssize_t n, int mode, float eta,
+                        float mu, float l2, float b1, float b2, float c1, float c2, float eps,
+                        float lr_t) { return 1; }
 static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *const *A, Py_ssize_t a_off,
                              double *W, double *V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu,
                              double l2) { return 1; }
