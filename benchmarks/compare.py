@@ -9,7 +9,8 @@
 Implementations (each an adapter with ``setup(config, X, y)`` and ``run_epoch()``):
 
 * ``fastnn``      ``fastnn.Network.fit(..., epochs=1)`` per epoch (the velocity carries over).
-* ``fastnn-1t``   the same inside ``threadpool_limits(1, "blas")`` (is 1 BLAS thread better?).
+* ``fastnn-1t``   the same on one thread: ``fastnn.set_num_threads(1)`` and
+                  ``threadpool_limits(1, "blas")`` (what the kernels' thread pool adds).
 * ``numpy``       ``numpy_mlp.py``: the best vectorized plain-NumPy implementation; it runs
                   with whichever of 1 or all BLAS threads is faster for the configuration.
 * ``torch``       ``torch_mlp.py``: idiomatic PyTorch CPU (nn.Linear, optim.SGD), threads =
@@ -212,13 +213,20 @@ class FastnnAdapter(Adapter):
 
 class Fastnn1tAdapter(FastnnAdapter):
     name = "fastnn-1t"
-    label = "fastnn, 1 BLAS thread"
+    label = "fastnn, 1 thread"
     blas_threads = 1
 
     def setup(self, cfg, X, y):
         if not have_threadpoolctl():
             raise Skip("needs threadpoolctl")
         super().setup(cfg, X, y)
+
+    def run_epoch(self, fraction=1.0):
+        old = self.fastnn.set_num_threads(1)  # the kernels' own threads too
+        try:
+            return super().run_epoch(fraction)
+        finally:
+            self.fastnn.set_num_threads(old)
 
 
 class NumpyAdapter(Adapter):
@@ -516,8 +524,14 @@ def environment(impls):
     except ImportError:
         pools = None
     info["threadpools"] = pools
+    try:
+        import fastnn
+        info["fastnn_threads"] = fastnn.get_num_threads()
+    except Exception:
+        info["fastnn_threads"] = None
     info["env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
-                                              "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                                              "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                              "FASTNN_NUM_THREADS")
                    if k in os.environ}
     info["loadavg_start"] = os.getloadavg()
     return info
@@ -542,6 +556,9 @@ def header_md(info, args):
             lines.append(f"- threadpool: {p.get('user_api')} / {p.get('internal_api')} "
                          f"{p.get('version') or ''} ({lib}): {p.get('num_threads')} threads"
                          f"{extra}")
+    if info.get("fastnn_threads"):
+        lines.append(f"- fastnn kernels: {info['fastnn_threads']} threads (fastnn.set_num_threads; "
+                     f"BLAS held to 1 thread inside them when > 1)")
     env = info["env"]
     lines.append("- OPENBLAS_CORETYPE: " + (env["OPENBLAS_CORETYPE"] if "OPENBLAS_CORETYPE"
                                             in env else "not set"))

@@ -170,6 +170,7 @@ cdef enum:
     JOB_DELTA = 1        # D_l = (D_{l+1} W) * f'(A_l): by rows, or by columns when n_in > m
     JOB_GRAD = 2         # gW (+)= D_{l+1}^T A: by columns of W, or by rows when n_out > n_in
     JOB_GRAD_UPDATE = 3  # W <- rule(W, D_{l+1}^T A): split as JOB_GRAD
+    JOB_GATHER = 4       # copy the batch's rows X[idx[i]] into the workspace: by rows
     MAX_TASKS = 32      # FASTNN_POOL_MAX_TASKS
 
 # A region is split only when its product has at least par_min_macs
@@ -212,6 +213,8 @@ cdef struct Job:
     bint keep_z             # forward: keep the output layer's Z + b
     bint accumulate         # gradient: add to grad instead of overwriting
     const Rule* r
+    const void* X           # gather: the data set (row stride sizes[0]) and the batch's rows
+    const Py_ssize_t* idx
     int bad[MAX_TASKS]      # per task: 1 if a new parameter is not finite
 
 
@@ -236,6 +239,8 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.keep_z = False
     job.accumulate = False
     job.r = r
+    job.X = NULL
+    job.idx = NULL
 
 
 cdef int run_job(Job* job) noexcept nogil:
@@ -247,7 +252,12 @@ cdef int run_job(Job* job) noexcept nogil:
     cdef Py_ssize_t m = job.m, n_in = net.sizes[job.l], n_out = net.sizes[job.l + 1]
     cdef Py_ssize_t macs = m * n_in * n_out, threads = fastnn_pool_get_threads(), nt
     cdef int t, bad = 0
-    if job.kind == JOB_FORWARD:
+    if job.kind == JOB_GATHER:
+        job.by_cols = False
+        job.split = m
+        job.unit = 1
+        macs = m * n_in * 16  # a copied element costs about as much as 16 multiply-adds
+    elif job.kind == JOB_FORWARD:
         # softmax needs whole rows
         job.by_cols = n_out > m and net.acts[job.l] != ACT_SOFTMAX
         job.split = n_out if job.by_cols else m
@@ -269,7 +279,9 @@ cdef int run_job(Job* job) noexcept nogil:
     if threads <= 1 or macs < par_min_macs:
         nt = 1
     else:
-        nt = min(threads * TASKS_PER_THREAD, (job.split + job.unit - 1) // job.unit,
+        # BLAS packs the shared operand once per task: one task per thread there
+        nt = min(threads * (TASKS_PER_THREAD if uses_own_kernels(job) else 1),
+                 (job.split + job.unit - 1) // job.unit,
                  macs // min_task_macs, <Py_ssize_t>MAX_TASKS)
         nt = max(1, nt)
     job.ntasks = <int>nt
@@ -280,6 +292,11 @@ cdef int run_job(Job* job) noexcept nogil:
     for t in range(job.ntasks):
         bad |= job.bad[t]
     return bad
+
+
+cdef inline bint uses_own_kernels(const Job* job) noexcept nogil:
+    """Whether the region's product runs in fastnn's small kernels (not BLAS)."""
+    return job.small and (job.kind == JOB_FORWARD or job.kind == JOB_GRAD_UPDATE)
 
 
 cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
@@ -325,7 +342,12 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     job.bad[t] = 0
     if nb <= 0:
         return
-    if job.kind == JOB_FORWARD:
+    if job.kind == JOB_GATHER:
+        for i in range(j0, j1):
+            memcpy(work + i * n_in, <const floating*>job.X + job.idx[i] * n_in,
+                   n_in * sizeof(floating))
+            Ar[i] = work + i * n_in
+    elif job.kind == JOB_FORWARD:
         Z = act_ptr(net, work, m, l + 1)
         if job.keep_z and l == net.L - 1:
             zout = zout_ptr(net, work, m)
@@ -1138,6 +1160,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef Py_ssize_t[::1] slots = row_slots(&net, batch_size)
     cdef const floating** rows = <const floating**>&slots[0]
     cdef double loss = 0, l2_b
+    cdef Job gather
     cdef floating* Aout
     cdef floating* Zout
     cdef Rule r
@@ -1147,9 +1170,12 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
             m = min(batch_size, stop - s)
             if m > small_max_rows or m > fused_max_rows or mode == RULE_ADAM:
                 # a BLAS product needs the batch contiguous
-                for i in range(m):
-                    memcpy(wk + i * n0, Xp + pp[s + i] * n0, n0 * sizeof(floating))
-                    rows[i] = wk + i * n0
+                init_job(&gather, JOB_GATHER, &net, m, NULL, NULL, NULL, NULL, <void*>wk, NULL,
+                         <const void**>rows, False, NULL)
+                gather.f32 = floating is float
+                gather.X = <const void*>Xp
+                gather.idx = pp + s
+                run_job(&gather)
             else:
                 # the small kernels read the batch's rows where they are
                 for i in range(m):
