@@ -979,6 +979,8 @@ def cmd_info(args):
       f"{platform.platform()}\n")
     w(f"NumPy {np.__version__}, SciPy {scipy.__version__}\n")
     w(f"CPUs: {os.cpu_count()}\n")
+    w(f"kernel threads: {fastnn.get_num_threads()} (fastnn.set_num_threads or FASTNN_NUM_THREADS; "
+      f"{'a thread pool' if _kernels._core.POOL_AVAILABLE else 'no thread pool in this build'})\n")
     w("BLAS: fastnn calls SciPy's BLAS through scipy.linalg.cython_blas\n")
     pools = _blas_pools()
     if pools is None:

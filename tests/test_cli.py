@@ -405,6 +405,7 @@ def test_info(capsys):
     assert f"fastnn {fastnn.__version__}" in out
     assert "dtypes: float32, float64" in out
     assert "BLAS" in out and "NumPy" in out and "SciPy" in out and "Python" in out
+    assert f"kernel threads: {fastnn.get_num_threads()} " in out
     if "threadpoolctl" in out and "threadpoolctl: not installed" not in out:
         assert re.search(r"blas: \w+ .*\d+ threads", out)
 
