@@ -171,6 +171,7 @@ cdef enum:
     JOB_GRAD = 2         # gW (+)= D_{l+1}^T A: by columns of W, or by rows when n_out > n_in
     JOB_GRAD_UPDATE = 3  # W <- rule(W, D_{l+1}^T A): split as JOB_GRAD
     JOB_GATHER = 4       # copy the batch's rows X[idx[i]] into the workspace: by rows
+    JOB_PREFETCH = 5     # every thread asks for the rows X[idx[i]] (one task per thread)
     MAX_TASKS = 32      # FASTNN_POOL_MAX_TASKS
 
 # A region is split only when its product has at least par_min_macs
@@ -252,6 +253,14 @@ cdef int run_job(Job* job) noexcept nogil:
     cdef Py_ssize_t m = job.m, n_in = net.sizes[job.l], n_out = net.sizes[job.l + 1]
     cdef Py_ssize_t macs = m * n_in * n_out, threads = fastnn_pool_get_threads(), nt
     cdef int t, bad = 0
+    if job.kind == JOB_PREFETCH:
+        # each thread reads the rows in its own tasks, so each asks for all of them
+        job.ntasks = <int>min(threads, <Py_ssize_t>MAX_TASKS)
+        if job.ntasks > 1:
+            fastnn_pool_run(job.ntasks, job_task_any, <void*>job)
+        else:
+            job_task_any(<void*>job, 0)
+        return 0
     if job.kind == JOB_GATHER:
         job.by_cols = False
         job.split = m
@@ -337,6 +346,9 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     cdef floating* V
     cdef floating* S
     cdef int bad = 0
+    if job.kind == JOB_PREFETCH:
+        prefetch_rows(<const floating*>job.X, job.idx, m, n_in)
+        return
     task_range(job, t, &j0, &j1)
     nb = j1 - j0
     job.bad[t] = 0
@@ -1160,7 +1172,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef Py_ssize_t[::1] slots = row_slots(&net, batch_size)
     cdef const floating** rows = <const floating**>&slots[0]
     cdef double loss = 0, l2_b
-    cdef Job gather
+    cdef Job gather, ahead
     cdef floating* Aout
     cdef floating* Zout
     cdef Rule r
@@ -1180,9 +1192,15 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 # the small kernels read the batch's rows where they are
                 for i in range(m):
                     rows[i] = Xp + pp[s + i] * n0
-            if prefetch:
-                # ask for the next batch's rows now; they arrive during this step
-                prefetch_rows(Xp, pp + s + m, min(batch_size, stop - s - m), n0)
+            if prefetch and stop - s - m > 0:
+                # ask for the next batch's rows now (on every thread that reads them);
+                # they arrive during this step
+                init_job(&ahead, JOB_PREFETCH, &net, min(batch_size, stop - s - m), NULL, NULL,
+                         NULL, NULL, NULL, NULL, NULL, False, NULL)
+                ahead.f32 = floating is float
+                ahead.X = <const void*>Xp
+                ahead.idx = pp + s + m
+                run_job(&ahead)
             forward(&net, &params[0], wk, rows, wk, m, want_loss)
             l2_b = l2 / m if l2_per_batch else l2
             if want_loss:

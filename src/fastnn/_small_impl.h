@@ -245,7 +245,35 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
         for (j = 0; j + 4 <= n; j += 4) {
             T *p0 = W + j * ldw + t0, *p1 = p0 + ldw, *p2 = p1 + ldw, *p3 = p2 + ldw;
             T *v0 = V + j * ldw + t0, *v1 = v0 + ldw, *v2 = v1 + ldw, *v3 = v2 + ldw;
-            for (kk = 0; kk + 2 * VL <= tv; kk += 2 * VL) {
+            for (kk = 0; kk + 3 * VL <= tv; kk += 3 * VL) {
+                /* 4 rows x 3 vectors: 7 loads feed 12 FMAs (12 accumulators hide the
+                 * FMA latency) */
+                VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
+                VT h0 = VZERO(), h1 = VZERO(), h2 = VZERO(), h3 = VZERO();
+                VT q0 = VZERO(), q1 = VZERO(), q2 = VZERO(), q3 = VZERO();
+                for (i = 0; i < m; i++) {
+                    const T *ai = Ar[i] + a_off + t0 + kk;
+                    VT a = VLOAD(ai), b = VLOAD(ai + VL), c = VLOAD(ai + 2 * VL);
+                    const T *d = D + i * ldd + j;
+                    VT dd = VSET1(d[0]);
+                    g0 = VFMA(dd, a, g0); h0 = VFMA(dd, b, h0); q0 = VFMA(dd, c, q0);
+                    dd = VSET1(d[1]);
+                    g1 = VFMA(dd, a, g1); h1 = VFMA(dd, b, h1); q1 = VFMA(dd, c, q1);
+                    dd = VSET1(d[2]);
+                    g2 = VFMA(dd, a, g2); h2 = VFMA(dd, b, h2); q2 = VFMA(dd, c, q2);
+                    dd = VSET1(d[3]);
+                    g3 = VFMA(dd, a, g3); h3 = VFMA(dd, b, h3); q3 = VFMA(dd, c, q3);
+                }
+                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk); UPDATE_VEC(p0 + kk + VL, h0, v0 + kk + VL, chk);
+                UPDATE_VEC(p0 + kk + 2 * VL, q0, v0 + kk + 2 * VL, chk);
+                UPDATE_VEC(p1 + kk, g1, v1 + kk, chk); UPDATE_VEC(p1 + kk + VL, h1, v1 + kk + VL, chk);
+                UPDATE_VEC(p1 + kk + 2 * VL, q1, v1 + kk + 2 * VL, chk);
+                UPDATE_VEC(p2 + kk, g2, v2 + kk, chk); UPDATE_VEC(p2 + kk + VL, h2, v2 + kk + VL, chk);
+                UPDATE_VEC(p2 + kk + 2 * VL, q2, v2 + kk + 2 * VL, chk);
+                UPDATE_VEC(p3 + kk, g3, v3 + kk, chk); UPDATE_VEC(p3 + kk + VL, h3, v3 + kk + VL, chk);
+                UPDATE_VEC(p3 + kk + 2 * VL, q3, v3 + kk + 2 * VL, chk);
+            }
+            for (; kk + 2 * VL <= tv; kk += 2 * VL) {
                 /* 4 rows x 2 vectors: 6 loads feed 8 FMAs */
                 VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
                 VT h0 = VZERO(), h1 = VZERO(), h2 = VZERO(), h3 = VZERO();
