@@ -158,6 +158,7 @@ cdef extern from "_pool.h" nogil:
     int fastnn_pool_set_threads(int n)
     int fastnn_pool_get_threads()
     int fastnn_pool_cpu_count()
+    long fastnn_pool_tasks_run(int who)
     int FASTNN_HAVE_POOL
     int FASTNN_POOL_MAX_THREADS
 
@@ -434,6 +435,11 @@ def set_num_threads(int n):
 def get_num_threads():
     """Threads the kernels' parallel regions use (the caller included)."""
     return fastnn_pool_get_threads()
+
+
+def pool_tasks_run():
+    """(tasks run by calling threads, tasks run by helpers) in pooled regions so far."""
+    return fastnn_pool_tasks_run(0), fastnn_pool_tasks_run(1)
 
 
 def cpu_count():

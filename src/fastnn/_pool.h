@@ -73,10 +73,11 @@ static struct {
     int started;                /* helpers created */
     int sleepers;               /* helpers asleep (or about to sleep) */
     int caller_waiting;         /* the caller sleeps until done == ntasks */
+    long tasks_run[2];          /* tasks run by callers / by helpers (statistics) */
     pthread_mutex_t mu;
     pthread_cond_t wake;        /* helpers: a job was published */
     pthread_cond_t finished;    /* caller: the last claimed task finished */
-} fastnn_pool = {0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
+} fastnn_pool = {0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, {0, 0}, PTHREAD_MUTEX_INITIALIZER,
                  PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 static long fastnn_pool_now_ns(void)
@@ -120,6 +121,7 @@ static void fastnn_pool_work(uint32_t seq, fastnn_task_fn fn, void *ctx, int nta
         if (r < 0) return;
         if (r) {
             fn(ctx, t);
+            __atomic_add_fetch(&fastnn_pool.tasks_run[h > 0], 1, __ATOMIC_RELAXED);
             fastnn_pool_finish_task(ntasks);
         }
     }
@@ -128,6 +130,7 @@ static void fastnn_pool_work(uint32_t seq, fastnn_task_fn fn, void *ctx, int nta
         if (r < 0) return;
         if (r) {
             fn(ctx, t);
+            __atomic_add_fetch(&fastnn_pool.tasks_run[h > 0], 1, __ATOMIC_RELAXED);
             fastnn_pool_finish_task(ntasks);
         }
     }
@@ -300,5 +303,16 @@ static int fastnn_pool_set_threads(int n)
 }
 
 static int fastnn_pool_get_threads(void) { return fastnn_pool.threads; }
+
+/* Tasks of pooled regions run so far by the calling threads (who = 0) or by helpers (1). */
+static long fastnn_pool_tasks_run(int who)
+{
+#if FASTNN_HAVE_POOL
+    return __atomic_load_n(&fastnn_pool.tasks_run[who != 0], __ATOMIC_RELAXED);
+#else
+    (void)who;
+    return 0;
+#endif
+}
 
 #endif
