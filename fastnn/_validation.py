@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from fastnn._kernels import _core
+
 
 def _where(owner):
     return f" of {owner}" if owner else ""
@@ -88,14 +90,12 @@ def check_X(X, n_features, dtype, name="X"):
         raise ValueError(f"The {name!r} parameter must hold at least one sample. "
                          f"Got shape {arr.shape}.")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    # checked in blocks of rows, so the check needs no temporary the size of X
-    step = max(1, (1 << 22) // max(1, n_features))
-    for start in range(0, arr.shape[0], step):
-        block = arr[start:start + step]
-        if not np.isfinite(block).all():
-            bad = np.argwhere(~np.isfinite(block))[0]
-            raise ValueError(f"The {name!r} parameter must be finite; it holds NaN or inf "
-                             f"(first at row {start + bad[0]}, column {bad[1]}).")
+    # one pass, no temporary, rows split between the kernels' threads
+    row = _core.first_nonfinite_row(arr)
+    if row >= 0:
+        col = int(np.flatnonzero(~np.isfinite(arr[row]))[0])
+        raise ValueError(f"The {name!r} parameter must be finite; it holds NaN or inf "
+                         f"(first at row {row}, column {col}).")
     return arr
 
 

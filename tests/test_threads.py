@@ -221,3 +221,24 @@ def test_every_task_of_a_pooled_region_runs_exactly_once(split_everything):
     after = _core.pool_tasks_run()
     assert (after[0] - before[0]) + (after[1] - before[1]) == 2 * 50
     np.testing.assert_allclose(out, net.feedforward(X), rtol=1e-4, atol=1e-6)  # float32, other blocks
+
+
+def test_phase_timing_accounts_the_training_steps():
+    """The profiling switch: off by default (nothing accumulates), on it splits train_steps'
+    time into its phases, and phase_times(reset=True) clears them."""
+    old = _core.set_phase_timing(False)
+    try:
+        X, y = make_data(200, 20, 3, seed=51)
+        net = fastnn.Network([20, 16, 3], seed=52)
+        _core.phase_times()
+        net.fit(X, y, epochs=1, batch_size=10, monitor_training=False)
+        assert all(v == 0 for v in _core.phase_times().values())
+        _core.set_phase_timing(True)
+        net.fit(X, y, epochs=2, batch_size=10, monitor_training=False)
+        times = _core.phase_times()
+        assert set(times) == set(_core.PHASES)
+        assert all(v >= 0 for v in times.values())
+        assert times["forward"] > 0 and times["backward+update"] > 0
+        assert all(v == 0 for v in _core.phase_times().values())  # the previous call reset them
+    finally:
+        _core.set_phase_timing(old)

@@ -414,3 +414,23 @@ def test_target_matrix_non_finite_or_wrong_width(net, data):
         net.loss(X, Y)
     with pytest.raises(ValueError, match=m("'y'", "(6, 2)", "(6, 3)")):
         net.fit(X, np.zeros((6, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_nonfinite_row_finds_the_first_bad_row(dtype):
+    """The kernels' finiteness scan (rows split between threads) against np.isfinite."""
+    from fastnn import _core
+    rng = np.random.default_rng(3)
+    info = np.finfo(dtype)
+    X = rng.standard_normal((3000, 785)).astype(dtype)  # large enough to be split between threads
+    X[5, :3] = [info.max, -info.max, info.tiny / 4]       # extreme but finite values, a subnormal
+    assert _core.first_nonfinite_row(X) == -1
+    for rows, value in (([2999], np.nan), ([1700, 2500], np.inf), ([0, 1], -np.inf), ([1499, 10], np.nan)):
+        Y = X.copy()
+        for r in rows:
+            Y[r, rng.integers(0, 785)] = value
+        assert _core.first_nonfinite_row(Y) == min(rows)
+        assert _core.first_nonfinite_row(Y) == np.flatnonzero(~np.isfinite(Y).all(axis=1))[0]
+    assert _core.first_nonfinite_row(np.empty((0, 4), dtype)) == -1
+    one = np.array([[1.0, np.nan]], dtype)
+    assert _core.first_nonfinite_row(one) == 0

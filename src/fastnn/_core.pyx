@@ -426,6 +426,66 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     job.bad[t] = bad
 
 
+cdef struct Scan:
+    const void* X
+    Py_ssize_t rows, cols
+    bint f32
+    int ntasks
+    Py_ssize_t first_bad[MAX_TASKS]   # per task: first non-finite row of its block, or -1
+
+
+cdef void scan_task(void* ctx, int t) noexcept nogil:
+    """Block t of the rows: records its first row holding NaN or inf."""
+    cdef Scan* sc = <Scan*>ctx
+    cdef Py_ssize_t r0 = sc.rows * t // sc.ntasks, r1 = sc.rows * (t + 1) // sc.ntasks
+    cdef Py_ssize_t i, step = max(1, 4096 // max(sc.cols, 1)), nr
+    cdef int bad
+    sc.first_bad[t] = -1
+    i = r0
+    while i < r1:
+        nr = min(step, r1 - i)
+        if sc.f32:
+            bad = fastnn_nonfinite_s(<const float*>sc.X + i * sc.cols, nr * sc.cols)
+        else:
+            bad = fastnn_nonfinite_d(<const double*>sc.X + i * sc.cols, nr * sc.cols)
+        if bad:
+            while True:  # the row within the block
+                if sc.f32:
+                    bad = fastnn_nonfinite_s(<const float*>sc.X + i * sc.cols, sc.cols)
+                else:
+                    bad = fastnn_nonfinite_d(<const double*>sc.X + i * sc.cols, sc.cols)
+                if bad:
+                    sc.first_bad[t] = i
+                    return
+                i += 1
+        i += nr
+
+
+def first_nonfinite_row(const floating[:, ::1] X):
+    """Index of the first row of X holding NaN or inf, or -1 (rows scanned in parallel)."""
+    cdef Scan sc
+    cdef int t
+    cdef Py_ssize_t macs = X.shape[0] * X.shape[1]
+    sc.X = <const void*>&X[0, 0] if X.shape[0] > 0 and X.shape[1] > 0 else NULL
+    sc.rows = X.shape[0]
+    sc.cols = X.shape[1]
+    sc.f32 = floating is float
+    if sc.X == NULL:
+        return -1
+    # about 1 MB per task at least; one per thread at most
+    sc.ntasks = <int>max(1, min(<Py_ssize_t>fastnn_pool_get_threads(), macs // (1 << 17),
+                                <Py_ssize_t>MAX_TASKS, sc.rows))
+    with nogil:
+        if sc.ntasks > 1:
+            fastnn_pool_run(sc.ntasks, scan_task, <void*>&sc)
+        else:
+            scan_task(<void*>&sc, 0)
+    for t in range(sc.ntasks):
+        if sc.first_bad[t] >= 0:
+            return sc.first_bad[t]
+    return -1
+
+
 def set_num_threads(int n):
     """Threads the kernels' parallel regions use (the caller included); returns
     the value in effect (1 where the build has no thread pool)."""
@@ -748,6 +808,8 @@ cdef int apply_update(const Net* net, floating* params, const floating* grad,
 
 cdef extern from "_small.h" nogil:
     int fastnn_small_available()
+    int fastnn_nonfinite_s(const float* x, Py_ssize_t n)
+    int fastnn_nonfinite_d(const double* x, Py_ssize_t n)
     int update_seg_d(double* p, const double* g, double* v, double* s, Py_ssize_t n, int mode,
                      double eta, double mu, double l2, double b1, double b2, double c1,
                      double c2, double eps, double lr_t)
@@ -1109,6 +1171,50 @@ def adam_step(const int[::1] sizes, const int[::1] acts, int cost,
 
 cdef bint prefetch = True
 
+# Optional per-phase wall-clock accounting of train_steps (for profiling; off by default).
+cdef extern from *:
+    """
+    #include <time.h>
+    static double fastnn_now_s(void) {
+    #if defined(CLOCK_MONOTONIC)
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    #else
+        return 0.0;
+    #endif
+    }
+    """
+    double fastnn_now_s() noexcept nogil
+
+cdef enum:
+    PHASE_GATHER = 0
+    PHASE_FORWARD = 1
+    PHASE_LOSS = 2
+    PHASE_DELTA = 3
+    PHASE_BACKWARD = 4
+    N_PHASES = 5
+
+cdef bint phase_timing = False
+cdef double phase_s[N_PHASES]
+PHASES = ("gather+prefetch", "forward", "loss", "output delta", "backward+update")
+
+
+def set_phase_timing(bint on):
+    """Account train_steps' wall time per phase (see phase_times); returns the old setting."""
+    global phase_timing
+    old = phase_timing
+    phase_timing = on
+    return old
+
+
+def phase_times(bint reset=True):
+    """{phase: seconds} accumulated by train_steps while phase timing is on."""
+    out = {name: phase_s[i] for i, name in enumerate(PHASES)}
+    if reset:
+        for i in range(N_PHASES):
+            phase_s[i] = 0
+    return out
+
 
 def set_prefetch(bint on):
     """Turn the prefetch of the next batch's rows on or off; returns the old value."""
@@ -1127,6 +1233,13 @@ cdef void prefetch_rows(const floating* X, const Py_ssize_t* rows, Py_ssize_t m,
         r = <const char*>(X + rows[i] * n0)
         for off in range(0, nbytes, 64):
             FASTNN_PREFETCH(r + off)
+
+
+cdef inline double tick(int phase, double since) noexcept nogil:
+    """Add the time since ``since`` to ``phase``; returns now."""
+    cdef double now = fastnn_now_s()
+    phase_s[phase] += now - since
+    return now
 
 
 cdef double weight_norm2(const Net* net, const floating* params) noexcept nogil:
@@ -1179,12 +1292,15 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef const floating** rows = <const floating**>&slots[0]
     cdef double loss = 0, l2_b
     cdef Job gather, ahead
+    cdef double tp = 0
     cdef floating* Aout
     cdef floating* Zout
     cdef Rule r
     with nogil:
         s = start
         while s < stop:
+            if phase_timing:
+                tp = fastnn_now_s()
             m = min(batch_size, stop - s)
             if m > small_max_rows or m > fused_max_rows or mode == RULE_ADAM:
                 # a BLAS product needs the batch contiguous
@@ -1207,7 +1323,11 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 ahead.X = <const void*>Xp
                 ahead.idx = pp + s + m
                 run_job(&ahead)
+            if phase_timing:
+                tp = tick(PHASE_GATHER, tp)
             forward(&net, &params[0], wk, rows, wk, m, want_loss)
+            if phase_timing:
+                tp = tick(PHASE_FORWARD, tp)
             l2_b = l2 / m if l2_per_batch else l2
             if want_loss:
                 Aout = act_ptr(&net, wk, m, net.L)
@@ -1216,12 +1336,18 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                     loss += row_cost(&net, Zout + i * nL, Aout + i * nL, Yp, lp, pp[s + i])
                 if l2_b != 0:
                     loss += 0.5 * l2_b * m * weight_norm2(&net, &params[0])
+            if phase_timing:
+                tp = tick(PHASE_LOSS, tp)
             output_delta(&net, wk, m, Yp, lp, pp + s, <floating>(1.0 / m))
+            if phase_timing:
+                tp = tick(PHASE_DELTA, tp)
             if mode == RULE_ADAM:
                 t += 1
             r = make_rule(mode, eta, mu, l2_b, beta1, beta2, eps, t)
             bad = backward_update(&net, &params[0], &grad[0], &vel[0], &sq[0], wk, rows,
                                   wk, m, &r)
+            if phase_timing:
+                tp = tick(PHASE_BACKWARD, tp)
             steps += 1
             s += m
             if bad:

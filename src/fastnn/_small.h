@@ -27,6 +27,28 @@
     }
 FASTNN_SUMSQ(fastnn_sumsq_d, double)
 FASTNN_SUMSQ(fastnn_sumsq_s, float)
+
+/* 1 if one of x[0..n) is NaN or infinite: its exponent bits are all ones. Integer tests
+ * (read through a may_alias type) vectorize without reassociating floating-point sums. */
+#include <stdint.h>
+#if defined(__GNUC__) || defined(__clang__)
+typedef uint32_t __attribute__((may_alias)) fastnn_u32_alias;
+typedef uint64_t __attribute__((may_alias)) fastnn_u64_alias;
+#else
+typedef uint32_t fastnn_u32_alias;
+typedef uint64_t fastnn_u64_alias;
+#endif
+#define FASTNN_NONFINITE(NAME, T, U, MASK)                                     \
+    static int NAME(const T *x, Py_ssize_t n)                                  \
+    {                                                                          \
+        const U *u = (const U *)x;                                             \
+        Py_ssize_t i;                                                          \
+        int any = 0;                                                           \
+        for (i = 0; i < n; i++) any |= (u[i] & (MASK)) == (MASK);              \
+        return any;                                                            \
+    }
+FASTNN_NONFINITE(fastnn_nonfinite_s, float, fastnn_u32_alias, 0x7f800000u)
+FASTNN_NONFINITE(fastnn_nonfinite_d, double, fastnn_u64_alias, 0x7ff0000000000000ull)
 #define FASTNN_TILED_MAX_ROWS 16
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
