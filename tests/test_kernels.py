@@ -178,6 +178,28 @@ def test_feedforward_kernel_directly_matches_numpy():
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("small", [True, False], ids=["small-kernels", "blas"])
+def test_forward_kernel_every_batch_size_and_odd_widths(dtype, small):
+    """Chunks of 1..21 rows through layers whose widths are not multiples of the kernels'
+    blocks (4 rows, 2 or 4 columns, vectors of 4 or 8, tiles of 256 inputs)."""
+    sizes = [301, 37, 23, 5]
+    net = fastnn.Network(sizes, hidden=["sigmoid", "relu"], output="softmax", cost="log-likelihood",
+                         dtype=dtype, seed=3)
+    X = np.random.default_rng(4).standard_normal((21, 301)).astype(dtype)
+    _, As = np_forward(sizes, net.activations, net.params.astype(np.float64), X.astype(np.float64))
+    old = _core.set_small_max_rows(1 << 30 if small else 0)
+    try:
+        for m in range(1, 22):
+            out = np.empty((21, 5), dtype=dtype)
+            work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
+            _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, m)
+            np.testing.assert_allclose(out, As[-1], rtol=RTOL[dtype], atol=RTOL[dtype],
+                                       err_msg=f"chunks of {m} rows")
+    finally:
+        _core.set_small_max_rows(old)
+
+
 def test_predict_is_argmax_and_threshold():
     net = fastnn.Network([3, 4, 5], seed=0)
     X = np.random.default_rng(1).standard_normal((30, 3))

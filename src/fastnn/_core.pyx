@@ -1242,15 +1242,52 @@ cdef inline double tick(int phase, double since) noexcept nogil:
     return now
 
 
-cdef double weight_norm2(const Net* net, const floating* params) noexcept nogil:
-    """sum_l ||W_l||^2 (biases excluded), accumulated in double (sumsq of _small.h)."""
+cdef struct NormJob:
+    const Net* net
+    const void* params
+    bint f32
+    int ntasks
+    double part[MAX_TASKS]
+
+
+cdef void norm_task(void* ctx, int t) noexcept nogil:
+    """Task t: sum of squares of block t of every layer's weights."""
+    cdef NormJob* nj = <NormJob*>ctx
+    cdef const Net* net = nj.net
     cdef double acc = 0
     cdef int l
+    cdef Py_ssize_t nw, a, b
     for l in range(net.L):
-        if floating is float:
-            acc += fastnn_sumsq_s(params + net.woff[l], <Py_ssize_t>net.sizes[l + 1] * net.sizes[l])
+        nw = <Py_ssize_t>net.sizes[l + 1] * net.sizes[l]
+        a = nw * t // nj.ntasks
+        b = nw * (t + 1) // nj.ntasks
+        if nj.f32:
+            acc += fastnn_sumsq_s(<const float*>nj.params + net.woff[l] + a, b - a)
         else:
-            acc += fastnn_sumsq_d(params + net.woff[l], <Py_ssize_t>net.sizes[l + 1] * net.sizes[l])
+            acc += fastnn_sumsq_d(<const double*>nj.params + net.woff[l] + a, b - a)
+    nj.part[t] = acc
+
+
+cdef double weight_norm2(const Net* net, const floating* params) noexcept nogil:
+    """sum_l ||W_l||^2 (biases excluded), accumulated in double (sumsq of _small.h), in
+    blocks summed by the kernels' threads (the blocks depend only on the thread count)."""
+    cdef NormJob nj
+    cdef Py_ssize_t total = 0
+    cdef double acc = 0
+    cdef int l, t
+    for l in range(net.L):
+        total += <Py_ssize_t>net.sizes[l + 1] * net.sizes[l]
+    nj.net = net
+    nj.params = <const void*>params
+    nj.f32 = floating is float
+    nj.ntasks = 1 if total < par_min_macs else <int>min(<Py_ssize_t>fastnn_pool_get_threads(),
+                                                          <Py_ssize_t>MAX_TASKS)
+    if nj.ntasks > 1:
+        fastnn_pool_run(nj.ntasks, norm_task, <void*>&nj)
+    else:
+        norm_task(<void*>&nj, 0)
+    for t in range(nj.ntasks):
+        acc += nj.part[t]
     return acc
 
 

@@ -45,6 +45,36 @@ FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const
     }
 }
 
+/* The 2 x 4 block of dot products over len elements: s[r + 2 c] = a_r . w_c (for the two
+ * rows left over by the 4-row blocks: 8 accumulators, as many as dot_4x2). */
+FASTNN_AVX2 static inline void CAT(dot_2x4, SFX)(const T *a0, const T *a1, const T *w0,
+                                                const T *w1, const T *w2, const T *w3,
+                                                Py_ssize_t len, T *s)
+{
+    Py_ssize_t kk, kv = len - len % VL;
+    VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
+    VT c20 = VZERO(), c21 = VZERO(), c30 = VZERO(), c31 = VZERO();
+    for (kk = 0; kk < kv; kk += VL) {
+        VT y0 = VLOAD(a0 + kk), y1 = VLOAD(a1 + kk);
+        VT x = VLOAD(w0 + kk);
+        c00 = VFMA(x, y0, c00); c01 = VFMA(x, y1, c01);
+        x = VLOAD(w1 + kk);
+        c10 = VFMA(x, y0, c10); c11 = VFMA(x, y1, c11);
+        x = VLOAD(w2 + kk);
+        c20 = VFMA(x, y0, c20); c21 = VFMA(x, y1, c21);
+        x = VLOAD(w3 + kk);
+        c30 = VFMA(x, y0, c30); c31 = VFMA(x, y1, c31);
+    }
+    s[0] = HSUM(c00); s[1] = HSUM(c01); s[2] = HSUM(c10); s[3] = HSUM(c11);
+    s[4] = HSUM(c20); s[5] = HSUM(c21); s[6] = HSUM(c30); s[7] = HSUM(c31);
+    for (kk = kv; kk < len; kk++) {
+        s[0] += w0[kk] * a0[kk]; s[1] += w0[kk] * a1[kk];
+        s[2] += w1[kk] * a0[kk]; s[3] += w1[kk] * a1[kk];
+        s[4] += w2[kk] * a0[kk]; s[5] += w2[kk] * a1[kk];
+        s[6] += w3[kk] * a0[kk]; s[7] += w3[kk] * a1[kk];
+    }
+}
+
 /* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
  * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered).
  * Z is accumulated tile by tile (see small_nt_tiled). */
@@ -55,9 +85,23 @@ FASTNN_AVX2 static void CAT(small_nt_tiled_acc, SFX)(const T *const *Ar, const T
     Py_ssize_t i, j, kk, t0, tw;
     for (i = 0; i < m; i++)
         for (j = 0; j < n; j++) Z[i * ldz + j] = 0;
+    Py_ssize_t m4 = m - m % 4, n4 = n - n % 4;
+    int two = m - m4 >= 2;  /* two rows left over: 2 x 4 blocks for the first n4 columns */
     for (t0 = 0; t0 < k; t0 += FASTNN_KTILE) {
         tw = k - t0 < FASTNN_KTILE ? k - t0 : FASTNN_KTILE;
         Py_ssize_t tv = tw - tw % VL;
+        if (two) {
+            for (j = 0; j < n4; j += 4) {
+                const T *w0 = W + j * k + t0;
+                T sb[8];
+                CAT(dot_2x4, SFX)(Ar[m4] + t0, Ar[m4 + 1] + t0, w0, w0 + k, w0 + 2 * k,
+                                  w0 + 3 * k, tw, sb);
+                Z[m4 * ldz + j] += sb[0];     Z[(m4 + 1) * ldz + j] += sb[1];
+                Z[m4 * ldz + j + 1] += sb[2]; Z[(m4 + 1) * ldz + j + 1] += sb[3];
+                Z[m4 * ldz + j + 2] += sb[4]; Z[(m4 + 1) * ldz + j + 2] += sb[5];
+                Z[m4 * ldz + j + 3] += sb[6]; Z[(m4 + 1) * ldz + j + 3] += sb[7];
+            }
+        }
         for (j = 0; j + 2 <= n; j += 2) {
             const T *w0 = W + j * k + t0, *w1 = w0 + k;
             for (i = 0; i + 4 <= m; i += 4) {
@@ -69,6 +113,7 @@ FASTNN_AVX2 static void CAT(small_nt_tiled_acc, SFX)(const T *const *Ar, const T
                 Z[(i + 2) * ldz + j] += sb[2]; Z[(i + 2) * ldz + j + 1] += sb[6];
                 Z[(i + 3) * ldz + j] += sb[3]; Z[(i + 3) * ldz + j + 1] += sb[7];
             }
+            if (two && j < n4) i += 2;  /* done by the 2 x 4 blocks */
             for (; i + 2 <= m; i += 2) {
                 const T *a0 = Ar[i] + t0, *a1 = Ar[i + 1] + t0;
                 VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
