@@ -111,29 +111,27 @@ static void fastnn_pool_finish_task(int ntasks)
     }
 }
 
+/* Thread h runs task t of job seq if it can claim it; -1 when the job is over. */
+static int fastnn_pool_try(uint32_t seq, fastnn_task_fn fn, void *ctx, int ntasks, int h, int t)
+{
+    int r = fastnn_pool_claim(seq, t);
+    if (r > 0) {
+        fn(ctx, t);
+        __atomic_add_fetch(&fastnn_pool.tasks_run[h > 0], 1, __ATOMIC_RELAXED);
+        fastnn_pool_finish_task(ntasks);
+    }
+    return r;
+}
+
 /* Thread h's share of job seq: its own tasks, then whatever is left (from the end). */
 static void fastnn_pool_work(uint32_t seq, fastnn_task_fn fn, void *ctx, int ntasks, int h,
                              int nthreads)
 {
-    int t, r;
-    for (t = h; t < ntasks; t += nthreads) {
-        r = fastnn_pool_claim(seq, t);
-        if (r < 0) return;
-        if (r) {
-            fn(ctx, t);
-            __atomic_add_fetch(&fastnn_pool.tasks_run[h > 0], 1, __ATOMIC_RELAXED);
-            fastnn_pool_finish_task(ntasks);
-        }
-    }
-    for (t = ntasks - 1; t >= 0; t--) {
-        r = fastnn_pool_claim(seq, t);
-        if (r < 0) return;
-        if (r) {
-            fn(ctx, t);
-            __atomic_add_fetch(&fastnn_pool.tasks_run[h > 0], 1, __ATOMIC_RELAXED);
-            fastnn_pool_finish_task(ntasks);
-        }
-    }
+    int t;
+    for (t = h; t < ntasks; t += nthreads)
+        if (fastnn_pool_try(seq, fn, ctx, ntasks, h, t) < 0) return;
+    for (t = ntasks - 1; t >= 0; t--)
+        if (fastnn_pool_try(seq, fn, ctx, ntasks, h, t) < 0) return;
 }
 
 /* Whether job state s is open, new to a helper that last saw seq `seen`, and has work for helper h. */
