@@ -293,3 +293,40 @@ def test_params_layout_is_w0_b0_w1_b1():
     net2 = fastnn.Network([2, 1], hidden=[], output="identity", cost="quadratic")
     net2.params[:] = [2.0, -3.0, 0.5]
     assert net2.feedforward([[1.0, 1.0]])[0, 0] == 2.0 - 3.0 + 0.5
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("output", ["sigmoid", "softmax"])
+def test_vector_exp_agrees_with_libm_and_keeps_nan_and_extremes(dtype, output):
+    """sigmoid and softmax through the AVX2 exp: within a few ulp of the libm path, exact
+    saturation far out, NaN kept (so divergence still shows)."""
+    if not _core.SMALL_KERNELS_AVAILABLE:
+        pytest.skip("this CPU or build has no AVX2 kernels")
+    net = fastnn.Network([3, 37], hidden="identity", output=output,
+                         cost="cross-entropy" if output == "sigmoid" else "log-likelihood",
+                         dtype=dtype, seed=0)
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.standard_normal((50, 3)) * s for s in (0.1, 3.0, 30.0, 300.0)])
+    X = np.concatenate([X, [[1e4, 0, 0], [-1e4, 0, 0], [np.nan, 0, 0]]]).astype(dtype)
+    outs = {}
+    for vector in (False, True):
+        old = _core.set_vector_exp(vector)
+        try:
+            out = np.empty((X.shape[0], 37), dtype=dtype)
+            work = np.empty(_core.workspace_size(net._sizes_c, X.shape[0]), dtype=dtype)
+            _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work,
+                              X.shape[0])
+            outs[vector] = out
+        finally:
+            _core.set_vector_exp(old)
+    a, b = outs[True], outs[False]
+    assert np.isnan(a[-1]).all() and np.isnan(b[-1]).all()
+    ok = np.isfinite(b)
+    np.testing.assert_array_equal(np.isfinite(a), ok)
+    eps = np.finfo(dtype).eps
+    tiny = np.finfo(dtype).tiny
+    rel = np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), tiny)
+    assert rel.max() <= 8 * eps
+    assert ((a[:-1] >= 0) & (a[:-1] <= 1)).all()
+    if output == "softmax":
+        np.testing.assert_allclose(a[:-1].sum(axis=1), 1, rtol=8 * eps)

@@ -532,8 +532,15 @@ cdef void bias_activate(int code, floating* Z, const floating* b,
             for j in range(j0, j1):
                 z[j] = z[j] + b[j]
         if code == ACT_SIGMOID:
-            for j in range(j0, j1):
-                z[j] = 1 / (1 + _exp(-z[j]))
+            if vector_exp:
+                for j in range(j0, j1):
+                    z[j] = -z[j]
+                exp_inplace(z + j0, j1 - j0)
+                for j in range(j0, j1):
+                    z[j] = 1 / (1 + z[j])
+            else:
+                for j in range(j0, j1):
+                    z[j] = 1 / (1 + _exp(-z[j]))
         elif code == ACT_TANH:
             for j in range(j0, j1):
                 z[j] = _tanh(z[j])
@@ -548,10 +555,17 @@ cdef void bias_activate(int code, floating* Z, const floating* b,
                 if z[j] > mx:
                     mx = z[j]
             s = 0
-            for j in range(j0, j1):
-                v = _exp(z[j] - mx)
-                z[j] = v
-                s = s + v
+            if vector_exp:
+                for j in range(j0, j1):
+                    z[j] = z[j] - mx
+                exp_inplace(z + j0, j1 - j0)
+                for j in range(j0, j1):
+                    s = s + z[j]
+            else:
+                for j in range(j0, j1):
+                    v = _exp(z[j] - mx)
+                    z[j] = v
+                    s = s + v
             s = 1 / s
             for j in range(j0, j1):
                 z[j] = z[j] * s
@@ -808,6 +822,8 @@ cdef int apply_update(const Net* net, floating* params, const floating* grad,
 
 cdef extern from "_small.h" nogil:
     int fastnn_small_available()
+    void fastnn_exp_inplace_s(float* x, Py_ssize_t n)
+    void fastnn_exp_inplace_d(double* x, Py_ssize_t n)
     int fastnn_nonfinite_s(const float* x, Py_ssize_t n)
     int fastnn_nonfinite_d(const double* x, Py_ssize_t n)
     int update_seg_d(double* p, const double* g, double* v, double* s, Py_ssize_t n, int mode,
@@ -840,6 +856,23 @@ cdef extern from "_small.h" nogil:
 SMALL_KERNELS_AVAILABLE = bool(fastnn_small_available())
 # update_segment runs its AVX2 twin (identical results) where the CPU has it
 cdef bint vector_update = SMALL_KERNELS_AVAILABLE
+# sigmoid and softmax take e^x from the AVX2 exp of _small.h (within 2 ulp of libm's)
+cdef bint vector_exp = SMALL_KERNELS_AVAILABLE
+
+
+def set_vector_exp(bint on):
+    """Use the AVX2 exp for sigmoid and softmax (when available); returns the old value."""
+    global vector_exp
+    old = vector_exp
+    vector_exp = on and SMALL_KERNELS_AVAILABLE
+    return old
+
+
+cdef inline void exp_inplace(floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastnn_exp_inplace_s(x, n)
+    else:
+        fastnn_exp_inplace_d(x, n)
 
 
 def set_vector_update(bint on):

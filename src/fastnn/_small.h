@@ -109,6 +109,68 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define HSUM fastnn_hsum_s
 #include "_small_impl.h"
 
+/* Vectorized exp: x = n ln2 + r with |r| <= ln2/2 (n rounded, ln2 split in two so the
+ * reduction is exact enough), e^r by its Taylor polynomial (degree 13 for double, 7 for
+ * float: truncation below half an ulp), times 2^n built in the exponent bits. Lanes
+ * outside the range where 2^n is a normal number (and NaN) take the scalar libm path,
+ * so overflow, underflow to subnormals and NaN behave as exp(). Accurate to about 1 ulp. */
+#include <math.h>
+FASTNN_AVX2 static void fastnn_exp_inplace_d(double *x, Py_ssize_t n)
+{
+    Py_ssize_t i, l;
+    const __m256d log2e = _mm256_set1_pd(1.4426950408889634), c1 = _mm256_set1_pd(0.6931471803691238),
+                  c2 = _mm256_set1_pd(1.9082149292705877e-10), lo = _mm256_set1_pd(-708.0),
+                  hi = _mm256_set1_pd(709.0);
+    static const double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
+                                        1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
+                                        1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+    for (i = 0; i + 4 <= n; i += 4) {
+        __m256d v = _mm256_loadu_pd(x + i);
+        __m256d inr = _mm256_and_pd(_mm256_cmp_pd(v, lo, _CMP_GE_OQ), _mm256_cmp_pd(v, hi, _CMP_LE_OQ));
+        if (_mm256_movemask_pd(inr) != 0xf) {
+            for (l = 0; l < 4; l++) x[i + l] = exp(x[i + l]);
+            continue;
+        }
+        __m256d k = _mm256_round_pd(_mm256_mul_pd(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256d r = _mm256_fnmadd_pd(k, c1, v);
+        r = _mm256_fnmadd_pd(k, c2, r);
+        __m256d p = _mm256_set1_pd(inv_fact[13]);
+        int d;
+        for (d = 12; d >= 0; d--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(inv_fact[d]));
+        __m256i e = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k));
+        e = _mm256_slli_epi64(_mm256_add_epi64(e, _mm256_set1_epi64x(1023)), 52);
+        _mm256_storeu_pd(x + i, _mm256_mul_pd(p, _mm256_castsi256_pd(e)));
+    }
+    for (; i < n; i++) x[i] = exp(x[i]);
+}
+
+FASTNN_AVX2 static void fastnn_exp_inplace_s(float *x, Py_ssize_t n)
+{
+    Py_ssize_t i, l;
+    const __m256 log2e = _mm256_set1_ps(1.44269504f), c1 = _mm256_set1_ps(0.693359375f),
+                 c2 = _mm256_set1_ps(-2.12194440e-4f), lo = _mm256_set1_ps(-87.0f),
+                 hi = _mm256_set1_ps(88.0f);
+    static const float inv_fact[8] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24, 1.0f / 120,
+                                      1.0f / 720, 1.0f / 5040};
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 inr = _mm256_and_ps(_mm256_cmp_ps(v, lo, _CMP_GE_OQ), _mm256_cmp_ps(v, hi, _CMP_LE_OQ));
+        if (_mm256_movemask_ps(inr) != 0xff) {
+            for (l = 0; l < 8; l++) x[i + l] = expf(x[i + l]);
+            continue;
+        }
+        __m256 k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(k, c1, v);
+        r = _mm256_fnmadd_ps(k, c2, r);
+        __m256 p = _mm256_set1_ps(inv_fact[7]);
+        int d;
+        for (d = 6; d >= 0; d--) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(inv_fact[d]));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    }
+    for (; i < n; i++) x[i] = expf(x[i]);
+}
+
 static int fastnn_small_available(void)
 {
     __builtin_cpu_init();
@@ -128,6 +190,8 @@ static int update_seg_d(double *p, const double *g, double *v, double *s, Py_ssi
 static int update_seg_s(float *p, const float *g, float *v, float *s, Py_ssize_t n, int mode, float eta,
                         float mu, float l2, float b1, float b2, float c1, float c2, float eps,
                         float lr_t) { return 1; }
+static void fastnn_exp_inplace_d(double *x, Py_ssize_t n) {}
+static void fastnn_exp_inplace_s(float *x, Py_ssize_t n) {}
 static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *const *A, Py_ssize_t a_off,
                              double *W, double *V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu,
                              double l2) { return 1; }
