@@ -217,6 +217,8 @@ cdef struct Job:
     const Rule* r
     const void* X           # gather: the data set (row stride sizes[0]) and the batch's rows
     const Py_ssize_t* idx
+    const void* Y           # prefetch: the targets (or labels when Y is NULL)
+    const Py_ssize_t* labels
     int bad[MAX_TASKS]      # per task: 1 if a new parameter is not finite
 
 
@@ -243,6 +245,8 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.r = r
     job.X = NULL
     job.idx = NULL
+    job.Y = NULL
+    job.labels = NULL
 
 
 cdef int run_job(Job* job) noexcept nogil:
@@ -349,6 +353,13 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     cdef int bad = 0
     if job.kind == JOB_PREFETCH:
         prefetch_rows(<const floating*>job.X, job.idx, m, n_in)
+        if t == 0:
+            # and the targets the output delta reads (once)
+            for i in range(m):
+                if job.labels != NULL:
+                    FASTNN_PREFETCH(job.labels + job.idx[i])
+                else:
+                    FASTNN_PREFETCH(<const floating*>job.Y + job.idx[i] * net.sizes[net.L])
         return
     task_range(job, t, &j0, &j1)
     nb = j1 - j0
@@ -1392,6 +1403,8 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 ahead.f32 = floating is float
                 ahead.X = <const void*>Xp
                 ahead.idx = pp + s + m
+                ahead.Y = <const void*>Yp
+                ahead.labels = lp
                 run_job(&ahead)
             if phase_timing:
                 tp = tick(PHASE_GATHER, tp)
