@@ -208,7 +208,7 @@ def test_default_is_the_cpus_this_process_may_use():
 
 def test_every_task_of_a_pooled_region_runs_exactly_once(split_everything):
     """The pool's statistics: tasks run by the caller plus tasks run by helpers add up to the
-    tasks the regions had (here 2 per chunk: the first layer's product, split by columns)."""
+    tasks the regions had (per chunk, the first layer's product split by columns)."""
     fastnn.set_num_threads(2)
     _core.set_split_thresholds(1 << 16, 1 << 14)  # the defaults: only the large product splits
     net = fastnn.Network([784, 100, 10], hidden="relu", output="softmax", cost="log-likelihood",
@@ -216,11 +216,17 @@ def test_every_task_of_a_pooled_region_runs_exactly_once(split_everything):
     X = np.random.default_rng(0).random((64 * 50, 784), dtype=np.float32)
     out = np.empty((X.shape[0], 10), np.float32)
     work = np.empty(_core.workspace_size(net._sizes_c, 64), np.float32)
-    before = _core.pool_tasks_run()
-    _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, 64)
-    after = _core.pool_tasks_run()
-    assert (after[0] - before[0]) + (after[1] - before[1]) == 2 * 50
-    np.testing.assert_allclose(out, net.feedforward(X), rtol=1e-4, atol=1e-6)  # float32, other blocks
+    # BLAS splits a product into one task per thread, fastnn's own kernels into two per thread
+    for small_rows, per_chunk in ((0, 2), (1 << 30, 4)):
+        old = _core.set_small_max_rows(small_rows)
+        try:
+            before = _core.pool_tasks_run()
+            _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, 64)
+            after = _core.pool_tasks_run()
+        finally:
+            _core.set_small_max_rows(old)
+        assert (after[0] - before[0]) + (after[1] - before[1]) == per_chunk * 50
+        np.testing.assert_allclose(out, net.feedforward(X), rtol=1e-4, atol=1e-6)  # other blocks
 
 
 def test_phase_timing_accounts_the_training_steps():

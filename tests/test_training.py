@@ -653,3 +653,20 @@ def test_gradient_of_training_objective_vanishes_after_long_full_batch_training(
     np.testing.assert_allclose(net.weights[0], sol[:3].T, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(net.biases[0], sol[3], rtol=1e-8, atol=1e-10)
     assert np.abs(np_gradient(net, X, y, 0.3)).max() < 1e-10
+
+
+@pytest.mark.parametrize("batch_size", [24, 200])
+def test_first_layer_too_large_to_fuse_trains_like_the_reference(batch_size):
+    """A first layer whose gradient product exceeds the fused kernel's bound (here 24 x 784 x
+    1024 multiply-adds) takes the BLAS gradient, which needs the batch gathered even when the
+    forward product reads the rows in place."""
+    X, y = make_data(2 * batch_size + 5, 784, 10, seed=70)
+    net = fastnn.Network([784, 1024, 10], hidden="relu", output="softmax", cost="log-likelihood",
+                         dtype="float32", seed=71)
+    ref = net.copy()
+    for n, engine in ((net, "cython"), (ref, "numpy")):
+        n.fit(X, y, epochs=1, batch_size=batch_size, optimizer=fastnn.SGD(eta=0.05, momentum=0.9),
+              seed=72, engine=engine, monitor_training=False)
+    assert max_rel(net.params, ref.params, floor=1e-3) < 1e-4
+    assert max_rel(net.params, fastnn.Network([784, 1024, 10], dtype="float32", seed=71).params,
+                   floor=1e-3) > 1e-3

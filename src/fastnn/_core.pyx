@@ -587,18 +587,18 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
                   bint keep_z) noexcept nogil:
     """A_1..A_L for the m input rows.
 
-    Batches of at most ``small_max_rows`` rows use the small-batch kernels,
+    The layers that ``small_layer`` accepts use the small-batch kernels,
     which read rows through pointers: ``rows`` holds ``m * (L + 1)`` slots,
     the first m already pointing at the input rows (anywhere in memory), and
     the rest are filled here (``rows[l*m + i]`` = row i of A_l) for
-    ``backward_update``. Larger batches use BLAS on the contiguous ``A0``
-    (row stride sizes[0]); ``rows`` is then unused. Each layer's product
-    and activation run as one parallel region over blocks of its outputs.
+    ``backward_update``. The others use BLAS on the contiguous ``A0`` (row
+    stride sizes[0]) or A_l. Each layer's product and activation run as one
+    parallel region over blocks of its outputs or rows.
     """
     cdef int l
     cdef Py_ssize_t i
     cdef int n_out
-    cdef bint small = m <= small_max_rows
+    cdef bint small = False
     cdef floating* Z
     cdef Job job
     init_job(&job, JOB_FORWARD, net, m, <void*>params, NULL, NULL, NULL, <void*>work,
@@ -611,6 +611,7 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
         for i in range(m):
             rows[(l + 1) * m + i] = Z + i * n_out
         job.l = l
+        job.small = small_layer(net, l, m, sizeof(floating))
         run_job(&job)
 
 
@@ -861,9 +862,10 @@ cdef extern from "_small.h" nogil:
 # most fused_max_rows rows form each weight gradient block in registers and
 # apply the update to it at once (the gradient never goes through memory).
 # Larger batches, and other CPUs, use BLAS followed by the one-pass update.
-# The thresholds were measured with benchmarks/test_kernel_benchmarks.py: the
-# forward kernel beats OpenBLAS only for small batches, the fused update up
-# to a few hundred rows.
+# The thresholds were measured against SciPy's OpenBLAS on this project's machine: with
+# 4 x 3 register blocks the forward kernel runs at 35-44 GMAC/s (float32, one core) for
+# batches of 64-128 rows and weights that stay in L2, where sgemm gives 29-32 and needs
+# the batch gathered; BLAS wins for large weight matrices (small_max_w_bytes).
 SMALL_KERNELS_AVAILABLE = bool(fastnn_small_available())
 # update_segment runs its AVX2 twin (identical results) where the CPU has it
 cdef bint vector_update = SMALL_KERNELS_AVAILABLE
@@ -893,7 +895,25 @@ def set_vector_update(bint on):
     old = vector_update
     vector_update = on and SMALL_KERNELS_AVAILABLE
     return old
-cdef Py_ssize_t small_max_rows = 32 if SMALL_KERNELS_AVAILABLE else 0
+cdef Py_ssize_t small_max_rows = 256 if SMALL_KERNELS_AVAILABLE else 0
+# ... and only for layers whose weights take at most this many bytes: the small kernels
+# stream all of W past every 4 rows of the batch, which BLAS's blocking beats for large W
+cdef Py_ssize_t small_max_w_bytes = 1 << 20
+
+
+cdef inline bint small_layer(const Net* net, int l, Py_ssize_t m, size_t itemsize) noexcept nogil:
+    """Whether layer l's forward product for m rows runs in the small-batch kernel."""
+    return (m <= small_max_rows and
+            <Py_ssize_t>net.sizes[l + 1] * net.sizes[l] * <Py_ssize_t>itemsize <= small_max_w_bytes)
+
+
+def set_small_max_w_bytes(Py_ssize_t nbytes):
+    """Largest weight matrix (bytes) whose forward product may use the small-batch
+    kernel; returns the old value."""
+    global small_max_w_bytes
+    old = small_max_w_bytes
+    small_max_w_bytes = nbytes
+    return old
 cdef Py_ssize_t fused_max_rows = 256 if SMALL_KERNELS_AVAILABLE else 0
 # ... and only while the layer's gradient product (m x fan-in x fan-out) is small
 # enough that BLAS would not gain from its threads (the fused kernel is serial);
@@ -1383,7 +1403,8 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
             if phase_timing:
                 tp = fastnn_now_s()
             m = min(batch_size, stop - s)
-            if m > small_max_rows or m > fused_max_rows or mode == RULE_ADAM:
+            if (not small_layer(&net, 0, m, sizeof(floating)) or m > fused_max_rows
+                    or mode == RULE_ADAM or m * n0 * net.sizes[1] > FUSED_MAX_MACS):
                 # a BLAS product needs the batch contiguous
                 init_job(&gather, JOB_GATHER, &net, m, NULL, NULL, NULL, NULL, <void*>wk, NULL,
                          <const void**>rows, False, NULL)

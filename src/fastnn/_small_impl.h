@@ -75,85 +75,133 @@ FASTNN_AVX2 static inline void CAT(dot_2x4, SFX)(const T *a0, const T *a1, const
     }
 }
 
+/* The 4 x 3 block: s[r + 4 c] = a_r . w_c (12 accumulators: 7 loads feed 12 FMAs). */
+FASTNN_AVX2 static inline void CAT(dot_4x3, SFX)(const T *a0, const T *a1, const T *a2,
+                                                const T *a3, const T *w0, const T *w1,
+                                                const T *w2, Py_ssize_t len, T *s)
+{
+    Py_ssize_t kk, kv = len - len % VL;
+    VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
+    VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
+    VT c20 = VZERO(), c21 = VZERO(), c22 = VZERO(), c23 = VZERO();
+    for (kk = 0; kk < kv; kk += VL) {
+        VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk), x2 = VLOAD(w2 + kk);
+        VT y = VLOAD(a0 + kk);
+        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10); c20 = VFMA(x2, y, c20);
+        y = VLOAD(a1 + kk);
+        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11); c21 = VFMA(x2, y, c21);
+        y = VLOAD(a2 + kk);
+        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12); c22 = VFMA(x2, y, c22);
+        y = VLOAD(a3 + kk);
+        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13); c23 = VFMA(x2, y, c23);
+    }
+    s[0] = HSUM(c00); s[1] = HSUM(c01); s[2] = HSUM(c02); s[3] = HSUM(c03);
+    s[4] = HSUM(c10); s[5] = HSUM(c11); s[6] = HSUM(c12); s[7] = HSUM(c13);
+    s[8] = HSUM(c20); s[9] = HSUM(c21); s[10] = HSUM(c22); s[11] = HSUM(c23);
+    for (kk = kv; kk < len; kk++) {
+        s[0] += w0[kk] * a0[kk]; s[1] += w0[kk] * a1[kk];
+        s[2] += w0[kk] * a2[kk]; s[3] += w0[kk] * a3[kk];
+        s[4] += w1[kk] * a0[kk]; s[5] += w1[kk] * a1[kk];
+        s[6] += w1[kk] * a2[kk]; s[7] += w1[kk] * a3[kk];
+        s[8] += w2[kk] * a0[kk]; s[9] += w2[kk] * a1[kk];
+        s[10] += w2[kk] * a2[kk]; s[11] += w2[kk] * a3[kk];
+    }
+}
+
+/* One vector against four: s[c] = a . w_c (4 accumulators). Also gives four rows against
+ * one column (the products are the same, a . w = w . a). */
+FASTNN_AVX2 static inline void CAT(dot_1x4, SFX)(const T *a, const T *w0, const T *w1,
+                                                const T *w2, const T *w3, Py_ssize_t len, T *s)
+{
+    Py_ssize_t kk, kv = len - len % VL;
+    VT c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
+    for (kk = 0; kk < kv; kk += VL) {
+        VT y = VLOAD(a + kk);
+        c0 = VFMA(VLOAD(w0 + kk), y, c0); c1 = VFMA(VLOAD(w1 + kk), y, c1);
+        c2 = VFMA(VLOAD(w2 + kk), y, c2); c3 = VFMA(VLOAD(w3 + kk), y, c3);
+    }
+    s[0] = HSUM(c0); s[1] = HSUM(c1); s[2] = HSUM(c2); s[3] = HSUM(c3);
+    for (kk = kv; kk < len; kk++) {
+        s[0] += w0[kk] * a[kk]; s[1] += w1[kk] * a[kk];
+        s[2] += w2[kk] * a[kk]; s[3] += w3[kk] * a[kk];
+    }
+}
+
+/* One dot product (the leftovers of the blocks above). */
+FASTNN_AVX2 static inline T CAT(dot_1x1, SFX)(const T *a, const T *w, Py_ssize_t len)
+{
+    Py_ssize_t kk, kv = len - len % VL;
+    VT c0 = VZERO();
+    T s0;
+    for (kk = 0; kk < kv; kk += VL) c0 = VFMA(VLOAD(w + kk), VLOAD(a + kk), c0);
+    s0 = HSUM(c0);
+    for (kk = kv; kk < len; kk++) s0 += w[kk] * a[kk];
+    return s0;
+}
+
 /* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
  * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered).
- * Z is accumulated tile by tile (see small_nt_tiled). */
+ * Z is accumulated tile by tile of k (see small_nt_tiled). Every entry is one dot product
+ * (vector FMAs in order over the tile, a horizontal sum, then the scalar tail), whichever
+ * block computes it: the rows in 4-row blocks against 3 (then 2, then 1) columns at a time,
+ * two leftover rows against 4 columns at a time, a last odd row against 4. */
 FASTNN_AVX2 static void CAT(small_nt_tiled_acc, SFX)(const T *const *Ar, const T *W, T *Z,
                                                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                                     Py_ssize_t ldz)
 {
-    Py_ssize_t i, j, kk, t0, tw;
+    Py_ssize_t i, j, t0, tw, r, c;
+    Py_ssize_t m4 = m - m % 4, n4 = n - n % 4, n3 = n - n % 3;
+    T sb[12];
     for (i = 0; i < m; i++)
         for (j = 0; j < n; j++) Z[i * ldz + j] = 0;
-    Py_ssize_t m4 = m - m % 4, n4 = n - n % 4;
-    int two = m - m4 >= 2;  /* two rows left over: 2 x 4 blocks for the first n4 columns */
     for (t0 = 0; t0 < k; t0 += FASTNN_KTILE) {
         tw = k - t0 < FASTNN_KTILE ? k - t0 : FASTNN_KTILE;
-        Py_ssize_t tv = tw - tw % VL;
-        if (two) {
+        /* 4-row blocks */
+        for (j = 0; j < n3; j += 3) {
+            const T *w0 = W + j * k + t0;
+            for (i = 0; i < m4; i += 4) {
+                CAT(dot_4x3, SFX)(Ar[i] + t0, Ar[i + 1] + t0, Ar[i + 2] + t0, Ar[i + 3] + t0,
+                                  w0, w0 + k, w0 + 2 * k, tw, sb);
+                for (c = 0; c < 3; c++)
+                    for (r = 0; r < 4; r++) Z[(i + r) * ldz + j + c] += sb[r + 4 * c];
+            }
+        }
+        if (n - n3 == 2) {
+            const T *w0 = W + n3 * k + t0;
+            for (i = 0; i < m4; i += 4) {
+                CAT(dot_4x2, SFX)(Ar[i] + t0, Ar[i + 1] + t0, Ar[i + 2] + t0, Ar[i + 3] + t0,
+                                  w0, w0 + k, tw, sb);
+                for (c = 0; c < 2; c++)
+                    for (r = 0; r < 4; r++) Z[(i + r) * ldz + n3 + c] += sb[r + 4 * c];
+            }
+        } else if (n - n3 == 1) {
+            const T *w0 = W + n3 * k + t0;
+            for (i = 0; i < m4; i += 4) {
+                CAT(dot_1x4, SFX)(w0, Ar[i] + t0, Ar[i + 1] + t0, Ar[i + 2] + t0, Ar[i + 3] + t0,
+                                  tw, sb);
+                for (r = 0; r < 4; r++) Z[(i + r) * ldz + n3] += sb[r];
+            }
+        }
+        /* the rows left over: two, then one */
+        for (i = m4; i + 2 <= m; i += 2) {
             for (j = 0; j < n4; j += 4) {
                 const T *w0 = W + j * k + t0;
-                T sb[8];
-                CAT(dot_2x4, SFX)(Ar[m4] + t0, Ar[m4 + 1] + t0, w0, w0 + k, w0 + 2 * k,
+                CAT(dot_2x4, SFX)(Ar[i] + t0, Ar[i + 1] + t0, w0, w0 + k, w0 + 2 * k,
                                   w0 + 3 * k, tw, sb);
-                Z[m4 * ldz + j] += sb[0];     Z[(m4 + 1) * ldz + j] += sb[1];
-                Z[m4 * ldz + j + 1] += sb[2]; Z[(m4 + 1) * ldz + j + 1] += sb[3];
-                Z[m4 * ldz + j + 2] += sb[4]; Z[(m4 + 1) * ldz + j + 2] += sb[5];
-                Z[m4 * ldz + j + 3] += sb[6]; Z[(m4 + 1) * ldz + j + 3] += sb[7];
+                for (c = 0; c < 4; c++)
+                    for (r = 0; r < 2; r++) Z[(i + r) * ldz + j + c] += sb[r + 2 * c];
             }
+            for (; j < n; j++)
+                for (r = 0; r < 2; r++)
+                    Z[(i + r) * ldz + j] += CAT(dot_1x1, SFX)(Ar[i + r] + t0, W + j * k + t0, tw);
         }
-        for (j = 0; j + 2 <= n; j += 2) {
-            const T *w0 = W + j * k + t0, *w1 = w0 + k;
-            for (i = 0; i + 4 <= m; i += 4) {
-                T sb[8];
-                CAT(dot_4x2, SFX)(Ar[i] + t0, Ar[i + 1] + t0, Ar[i + 2] + t0, Ar[i + 3] + t0,
-                                  w0, w1, tw, sb);
-                Z[i * ldz + j] += sb[0];       Z[i * ldz + j + 1] += sb[4];
-                Z[(i + 1) * ldz + j] += sb[1]; Z[(i + 1) * ldz + j + 1] += sb[5];
-                Z[(i + 2) * ldz + j] += sb[2]; Z[(i + 2) * ldz + j + 1] += sb[6];
-                Z[(i + 3) * ldz + j] += sb[3]; Z[(i + 3) * ldz + j + 1] += sb[7];
+        for (; i < m; i++) {
+            for (j = 0; j < n4; j += 4) {
+                const T *w0 = W + j * k + t0;
+                CAT(dot_1x4, SFX)(Ar[i] + t0, w0, w0 + k, w0 + 2 * k, w0 + 3 * k, tw, sb);
+                for (c = 0; c < 4; c++) Z[i * ldz + j + c] += sb[c];
             }
-            if (two && j < n4) i += 2;  /* done by the 2 x 4 blocks */
-            for (; i + 2 <= m; i += 2) {
-                const T *a0 = Ar[i] + t0, *a1 = Ar[i + 1] + t0;
-                VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
-                for (kk = 0; kk < tv; kk += VL) {
-                    VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
-                    VT y0 = VLOAD(a0 + kk), y1 = VLOAD(a1 + kk);
-                    c00 = VFMA(x0, y0, c00); c10 = VFMA(x1, y0, c10);
-                    c01 = VFMA(x0, y1, c01); c11 = VFMA(x1, y1, c11);
-                }
-                T s00 = HSUM(c00), s01 = HSUM(c01), s10 = HSUM(c10), s11 = HSUM(c11);
-                for (kk = tv; kk < tw; kk++) {
-                    s00 += w0[kk] * a0[kk]; s01 += w0[kk] * a1[kk];
-                    s10 += w1[kk] * a0[kk]; s11 += w1[kk] * a1[kk];
-                }
-                Z[i * ldz + j] += s00;       Z[i * ldz + j + 1] += s10;
-                Z[(i + 1) * ldz + j] += s01; Z[(i + 1) * ldz + j + 1] += s11;
-            }
-            for (; i < m; i++) {
-                const T *a0 = Ar[i] + t0;
-                VT c0 = VZERO(), c1 = VZERO();
-                for (kk = 0; kk < tv; kk += VL) {
-                    VT y = VLOAD(a0 + kk);
-                    c0 = VFMA(VLOAD(w0 + kk), y, c0);
-                    c1 = VFMA(VLOAD(w1 + kk), y, c1);
-                }
-                T s0 = HSUM(c0), s1 = HSUM(c1);
-                for (kk = tv; kk < tw; kk++) { s0 += w0[kk] * a0[kk]; s1 += w1[kk] * a0[kk]; }
-                Z[i * ldz + j] += s0; Z[i * ldz + j + 1] += s1;
-            }
-        }
-        for (; j < n; j++) {
-            const T *w0 = W + j * k + t0;
-            for (i = 0; i < m; i++) {
-                const T *a0 = Ar[i] + t0;
-                VT c0 = VZERO();
-                for (kk = 0; kk < tv; kk += VL) c0 = VFMA(VLOAD(w0 + kk), VLOAD(a0 + kk), c0);
-                T s0 = HSUM(c0);
-                for (kk = tv; kk < tw; kk++) s0 += w0[kk] * a0[kk];
-                Z[i * ldz + j] += s0;
-            }
+            for (; j < n; j++) Z[i * ldz + j] += CAT(dot_1x1, SFX)(Ar[i] + t0, W + j * k + t0, tw);
         }
     }
 }
@@ -196,7 +244,14 @@ FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, 
             break;
         }
         const T *a0 = Ar[i0], *a1 = Ar[i0 + 1], *a2 = Ar[i0 + 2], *a3 = Ar[i0 + 3];
-        for (j = 0; j + 2 <= n; j += 2) {
+        for (j = 0; j + 3 <= n; j += 3) {
+            T sb[12];
+            Py_ssize_t c, q;
+            CAT(dot_4x3, SFX)(a0, a1, a2, a3, W + j * k, W + (j + 1) * k, W + (j + 2) * k, k, sb);
+            for (c = 0; c < 3; c++)
+                for (q = 0; q < 4; q++) Z[(i0 + q) * ldz + j + c] = sb[q + 4 * c];
+        }
+        for (; j + 2 <= n; j += 2) {
             T sb[8];
             CAT(dot_4x2, SFX)(a0, a1, a2, a3, W + j * k, W + (j + 1) * k, k, sb);
             Z[i0 * ldz + j] = sb[0];       Z[i0 * ldz + j + 1] = sb[4];
