@@ -80,6 +80,7 @@ except ImportError as exc:  # pragma: no cover - exercised without scikit-learn
 
 import scipy.sparse
 
+from fastnn import threads as _threads
 from fastnn.network import Network
 from fastnn.optimizers import SGD, Adam
 from fastnn.training import Trainer, TrainingDiverged
@@ -99,16 +100,13 @@ _NON_FINITE = ("Solver produced non-finite parameter weights. The input data may
 
 # n_samples * n_params from which lbfgs evaluates the loss and gradient with BLAS threads
 _THREADED_EVAL = 1 << 20
-_BLAS = []
 
 
 def _blas_controller():
-    """(threadpoolctl controller made once per process, BLAS threads in use now)."""
-    if not _BLAS:
-        from threadpoolctl import ThreadpoolController  # a dependency of scikit-learn
-        _BLAS.append(ThreadpoolController())
-    libs = _BLAS[0].select(user_api="blas").lib_controllers
-    return _BLAS[0], max([lib.num_threads for lib in libs], default=1)
+    """(fastnn's threadpoolctl controller, BLAS threads in use now)."""
+    ctl = _threads._blas_controller()
+    libs = ctl.select(user_api="blas").lib_controllers
+    return ctl, max([lib.num_threads for lib in libs], default=1)
 
 
 # --------------------------------------------------------------------------- validation

@@ -916,10 +916,18 @@ def set_small_max_w_bytes(Py_ssize_t nbytes):
     return old
 cdef Py_ssize_t fused_max_rows = 256 if SMALL_KERNELS_AVAILABLE else 0
 # ... and only while the layer's gradient product (m x fan-in x fan-out) is small
-# enough that BLAS would not gain from its threads (the fused kernel is serial);
-# the same bound as fit's blas_threads="auto" (training.AUTO_SINGLE_THREAD_MACS).
+# enough that BLAS's cache blocking would not gain (the fused kernel streams all
+# of a W block past every batch row); the same bound as fit's blas_threads="auto"
+# (training.AUTO_SINGLE_THREAD_MACS).
 cdef enum:
     FUSED_MAX_MACS = 1 << 24
+
+
+cdef inline bint fused_layer(const Net* net, int l, Py_ssize_t m, int mode) noexcept nogil:
+    """Whether layer l's weight gradient for m rows is formed and applied by the fused
+    small-batch kernel (which reads the rows through pointers), not by BLAS."""
+    return (m <= fused_max_rows and mode != RULE_ADAM
+            and m * <Py_ssize_t>net.sizes[l] * net.sizes[l + 1] <= FUSED_MAX_MACS)
 
 
 def set_fused_max_rows(Py_ssize_t rows):
@@ -985,8 +993,8 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     over blocks (columns of D_l, rows of W_l). Returns 1 if a new parameter
     is not finite.
     """
-    cdef int l, t, nt, bad = 0
-    cdef Py_ssize_t i, j, nw, macs
+    cdef int l, bad = 0
+    cdef Py_ssize_t i, j, nw
     cdef int n_in, n_out
     cdef floating* D
     cdef floating* gb
@@ -999,7 +1007,6 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
         nw = <Py_ssize_t>n_out * n_in
-        macs = m * nw
         off = net.woff[l]
         D = delta_ptr(net, work, m, l + 1)
         job.l = l
@@ -1007,8 +1014,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
             job.kind = JOB_DELTA
             run_job(&job)
         job.kind = JOB_GRAD_UPDATE
-        job.small = (m <= fused_max_rows and r.mode != RULE_ADAM
-                     and macs <= FUSED_MAX_MACS)
+        job.small = fused_layer(net, l, m, r.mode)
         bad |= run_job(&job)
         gb = grad + off + nw
         for j in range(n_out):
@@ -1397,19 +1403,25 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef floating* Aout
     cdef floating* Zout
     cdef Rule r
+    # the two row-moving regions; each step sets their row count and rows
+    init_job(&gather, JOB_GATHER, &net, 0, NULL, NULL, NULL, NULL, <void*>wk, NULL,
+             <const void**>rows, False, NULL)
+    gather.f32 = floating is float
+    gather.X = <const void*>Xp
+    init_job(&ahead, JOB_PREFETCH, &net, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, False, NULL)
+    ahead.f32 = floating is float
+    ahead.X = <const void*>Xp
+    ahead.Y = <const void*>Yp
+    ahead.labels = lp
     with nogil:
         s = start
         while s < stop:
             if phase_timing:
                 tp = fastnn_now_s()
             m = min(batch_size, stop - s)
-            if (not small_layer(&net, 0, m, sizeof(floating)) or m > fused_max_rows
-                    or mode == RULE_ADAM or m * n0 * net.sizes[1] > FUSED_MAX_MACS):
-                # a BLAS product needs the batch contiguous
-                init_job(&gather, JOB_GATHER, &net, m, NULL, NULL, NULL, NULL, <void*>wk, NULL,
-                         <const void**>rows, False, NULL)
-                gather.f32 = floating is float
-                gather.X = <const void*>Xp
+            if not (small_layer(&net, 0, m, sizeof(floating)) and fused_layer(&net, 0, m, mode)):
+                # a BLAS product of the first layer needs the batch contiguous
+                gather.m = m
                 gather.idx = pp + s
                 run_job(&gather)
             else:
@@ -1419,13 +1431,8 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
             if prefetch and stop - s - m > 0:
                 # ask for the next batch's rows now (on every thread that reads them);
                 # they arrive during this step
-                init_job(&ahead, JOB_PREFETCH, &net, min(batch_size, stop - s - m), NULL, NULL,
-                         NULL, NULL, NULL, NULL, NULL, False, NULL)
-                ahead.f32 = floating is float
-                ahead.X = <const void*>Xp
+                ahead.m = min(batch_size, stop - s - m)
                 ahead.idx = pp + s + m
-                ahead.Y = <const void*>Yp
-                ahead.labels = lp
                 run_job(&ahead)
             if phase_timing:
                 tp = tick(PHASE_GATHER, tp)
