@@ -148,3 +148,35 @@ def test_vectorized_update_is_bitwise_the_scalar_one(dtype, rule):
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(results[0][0], p0)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("n_in", [45, 28, 13])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_fused_adam_equals_blas_adam(dtype, tol, n_in, batch):
+    """Adam's gradient formed and applied in one pass (the fused kernel: strips of 3, 2 and 1
+    vectors of columns, the scalar tail, 4-row blocks of W and the rows left over) against
+    BLAS's gradient followed by the one-pass update, over every step of two epochs."""
+    if not _core.SMALL_KERNELS_AVAILABLE:
+        pytest.skip("this CPU or build has no AVX2+FMA kernels")
+    X, y = _data(n=3 * batch + 2, n_in=n_in, n_out=6, dtype=dtype, seed=n_in)
+    results = []
+    for fused in (True, False):
+        old = _core.set_fused_adam(fused), _core.set_fused_max_rows(1 << 20)
+        try:
+            net = _net(dtype, sizes=(n_in, 13, 6))
+            opt = fastnn.Adam(eta=0.01)
+            tr = Trainer(net, X, np.empty((0, 6), dtype), y, batch_size=batch, optimizer=opt,
+                         lmbda=0.3)
+            perm_rng = np.random.default_rng(5)
+            losses = [tr.run_epoch(perm_rng.permutation(len(X)), want_loss=True) for _ in range(2)]
+            results.append((net.params.copy(), [b.copy() for b in opt._buffers], losses))
+        finally:
+            _core.set_fused_adam(old[0])
+            _core.set_fused_max_rows(old[1])
+    (p_f, b_f, l_f), (p_b, b_b, l_b) = results
+    assert np.abs(p_f - p_b).max() / np.abs(p_b).max() < tol
+    for a, b in zip(b_f, b_b):
+        assert np.abs(a - b).max() / max(np.abs(b).max(), 1e-30) < tol * 10
+    np.testing.assert_allclose(l_f, l_b, rtol=tol)
+    assert np.abs(p_f - _net(dtype, sizes=(n_in, 13, 6)).params).max() > 1e-3   # it trained

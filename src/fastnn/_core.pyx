@@ -298,6 +298,8 @@ cdef struct Job:
     const void* Y           # prefetch: the targets (or labels when Y is NULL)
     const Py_ssize_t* labels
     const SparseInput* sp   # layer 0's products skip the input's zeros (see SparseInput)
+    char* tn_scratch        # the fused kernel's packed operands: tn_scratch_bytes per task
+    Py_ssize_t tn_scratch_bytes
     int bad[MAX_TASKS]      # per task: 1 if a new parameter is not finite
 
 
@@ -327,6 +329,8 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.Y = NULL
     job.labels = NULL
     job.sp = NULL
+    job.tn_scratch = NULL
+    job.tn_scratch_bytes = 0
 
 
 cdef int run_job(Job* job) noexcept nogil:
@@ -513,13 +517,13 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
                       job.sp.ldw, job.sp.scratch + t * job.sp.scratch_bytes)
         elif job.kind == JOB_GRAD_UPDATE and job.small:
             if job.by_cols:
-                bad = small_tn_update(D, n_out, Ar, j0, W + j0, V + j0, n_in, m, n_out, nb,
-                                      job.r.mode, <floating>job.r.eta, <floating>job.r.mu,
-                                      <floating>job.r.l2)
+                bad = small_tn_update(D, n_out, Ar, j0, W + j0, V + j0,
+                                      S + j0 if S != NULL else NULL, n_in, m, n_out, nb, job.r,
+                                      job.tn_scratch + t * job.tn_scratch_bytes)
             else:
-                bad = small_tn_update(D + j0, n_out, Ar, 0, W + j0 * n_in, V + j0 * n_in, n_in,
-                                      m, nb, n_in, job.r.mode, <floating>job.r.eta,
-                                      <floating>job.r.mu, <floating>job.r.l2)
+                bad = small_tn_update(D + j0, n_out, Ar, 0, W + j0 * n_in, V + j0 * n_in,
+                                      S + j0 * n_in if S != NULL else NULL, n_in, m, nb, n_in,
+                                      job.r, job.tn_scratch + t * job.tn_scratch_bytes)
         elif job.by_cols:
             gemm_rm(Trans, NoTrans, <int>n_out, <int>nb, <int>m, <floating>1.0, D, <int>n_out,
                     A + j0, <int>n_in, <floating>(1 if job.accumulate else 0), gW + j0, <int>n_in)
@@ -955,12 +959,20 @@ cdef extern from "_small.h" nogil:
                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz)
     void small_nt_s(const float** Ar, const float* W, float* Z,
                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz)
+    ctypedef struct adam_consts_d:
+        double b1, b2, c1, c2, eps, lr_t
+    ctypedef struct adam_consts_s:
+        float b1, b2, c1, c2, eps, lr_t
     int small_tn_update_d(const double* D, Py_ssize_t ldd, const double** Ar, Py_ssize_t a_off,
-                          double* W, double* V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
-                          Py_ssize_t k, int mode, double eta, double mu, double l2)
+                          double* W, double* V, double* S, Py_ssize_t ldw, Py_ssize_t m,
+                          Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu, double l2,
+                          const adam_consts_d* ac, void* scratch)
     int small_tn_update_s(const float* D, Py_ssize_t ldd, const float** Ar, Py_ssize_t a_off,
-                          float* W, float* V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
-                          Py_ssize_t k, int mode, float eta, float mu, float l2)
+                          float* W, float* V, float* S, Py_ssize_t ldw, Py_ssize_t m,
+                          Py_ssize_t n, Py_ssize_t k, int mode, float eta, float mu, float l2,
+                          const adam_consts_s* ac, void* scratch)
+    Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n)
+    Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n)
 
 # With AVX2 and FMA, batches of at most small_max_rows rows compute their
 # forward products with the small-batch kernels of _small.h, and batches of at
@@ -1028,10 +1040,23 @@ cdef enum:
     FUSED_MAX_MACS = 1 << 24
 
 
+# Adam takes the fused kernel too (its two moments updated in the same pass)
+cdef bint fused_adam = True
+
+
+def set_fused_adam(bint on):
+    """Let Adam steps take the fused gradient-and-update kernel (when the batch and layer
+    qualify); returns the old value. For tests and benchmarks."""
+    global fused_adam
+    old = fused_adam
+    fused_adam = on
+    return old
+
+
 cdef inline bint fused_layer(const Net* net, int l, Py_ssize_t m, int mode) noexcept nogil:
     """Whether layer l's weight gradient for m rows is formed and applied by the fused
     small-batch kernel (which reads the rows through pointers), not by BLAS."""
-    return (m <= fused_max_rows and mode != RULE_ADAM
+    return (m <= fused_max_rows and (mode != RULE_ADAM or fused_adam)
             and m * <Py_ssize_t>net.sizes[l] * net.sizes[l + 1] <= FUSED_MAX_MACS)
 
 
@@ -1075,19 +1100,52 @@ cdef inline void small_nt(const floating** Ar, const floating* W, floating* Z,
 
 
 cdef inline int small_tn_update(const floating* D, Py_ssize_t ldd, const floating** Ar,
-                                Py_ssize_t a_off, floating* W, floating* V, Py_ssize_t ldw,
-                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode,
-                                floating eta, floating mu, floating l2) noexcept nogil:
+                                Py_ssize_t a_off, floating* W, floating* V, floating* S,
+                                Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                const Rule* r, void* scratch) noexcept nogil:
+    """The fused gradient-and-update of W (see _small_impl.h) under rule r, with the
+    constants rounded to the element type as update_segment rounds them."""
+    cdef adam_consts_s acs
+    cdef adam_consts_d acd
     if floating is float:
-        return small_tn_update_s(D, ldd, Ar, a_off, W, V, ldw, m, n, k, mode, eta, mu, l2)
+        acs.b1 = <float>r.beta1
+        acs.b2 = <float>r.beta2
+        acs.c1 = <float>(1 - r.beta1)
+        acs.c2 = <float>(1 - r.beta2)
+        acs.eps = <float>r.eps
+        acs.lr_t = <float>r.lr_t
+        return small_tn_update_s(D, ldd, Ar, a_off, W, V, S, ldw, m, n, k, r.mode,
+                                 <float>r.eta, <float>r.mu, <float>r.l2, &acs, scratch)
     else:
-        return small_tn_update_d(D, ldd, Ar, a_off, W, V, ldw, m, n, k, mode, eta, mu, l2)
+        acd.b1 = r.beta1
+        acd.b2 = r.beta2
+        acd.c1 = 1 - r.beta1
+        acd.c2 = 1 - r.beta2
+        acd.eps = r.eps
+        acd.lr_t = r.lr_t
+        return small_tn_update_d(D, ldd, Ar, a_off, W, V, S, ldw, m, n, k, r.mode,
+                                 r.eta, r.mu, r.l2, &acd, scratch)
+
+
+cdef Py_ssize_t tn_scratch_bytes(const Net* net, Py_ssize_t m, size_t itemsize) noexcept nogil:
+    """Scratch per task of the fused kernel for batches of at most m rows (a multiple of 64
+    bytes): the packed delta of its block of W's rows (at most a whole layer) and a strip."""
+    cdef Py_ssize_t most = 0, b
+    cdef int l
+    for l in range(net.L):
+        if itemsize == sizeof(float):
+            b = small_tn_scratch_bytes_s(m, net.sizes[l + 1])
+        else:
+            b = small_tn_scratch_bytes_d(m, net.sizes[l + 1])
+        most = max(most, b)
+    return (most + 63) // 64 * 64
 
 
 cdef int backward_update(const Net* net, floating* params, floating* grad,
                          floating* vel, floating* sq, const floating* A0,
                          const floating** rows, floating* work, Py_ssize_t m,
-                         const Rule* r) noexcept nogil:
+                         const Rule* r, char* tn_scratch,
+                         Py_ssize_t tn_scratch_bytes) noexcept nogil:
     """Backward pass that updates each layer as soon as its delta is known.
 
     Going down from the output, layer l first propagates the delta with its
@@ -1108,6 +1166,8 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     init_job(&job, JOB_DELTA, net, m, <void*>params, <void*>grad, <void*>vel, <void*>sq,
              <void*>work, <const void*>A0, <const void**>rows, False, r)
     job.f32 = floating is float
+    job.tn_scratch = tn_scratch
+    job.tn_scratch_bytes = tn_scratch_bytes
     for l in range(net.L - 1, -1, -1):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
@@ -1570,6 +1630,9 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef int bad = 0
     cdef Py_ssize_t[::1] slots = row_slots(&net, batch_size)
     cdef const floating** rows = <const floating**>&slots[0]
+    cdef Py_ssize_t tn_bytes = tn_scratch_bytes(&net, batch_size, sizeof(floating))
+    cdef unsigned char[::1] tn_buf = np.empty(tn_bytes * MAX_TASKS + 64, dtype=np.uint8)
+    cdef char* tn_scratch = <char*>(((<size_t>&tn_buf[0]) + 63) // 64 * 64)
     cdef double loss = 0, l2_b
     cdef Job gather, ahead
     cdef double tp = 0
@@ -1629,7 +1692,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 t += 1
             r = make_rule(mode, eta, mu, l2_b, beta1, beta2, eps, t)
             bad = backward_update(&net, &params[0], &grad[0], &vel[0], &sq[0], wk, rows,
-                                  wk, m, &r)
+                                  wk, m, &r, tn_scratch, tn_bytes)
             if phase_timing:
                 tp = tick(PHASE_BACKWARD, tp)
             steps += 1

@@ -12,6 +12,9 @@
 #include <Python.h>
 
 #define FASTNN_KTILE 256
+#ifndef FASTNN_KTILE_BYTES
+#define FASTNN_KTILE_BYTES 1024
+#endif
 
 /* sum of squares in double, with eight independent partial sums (so the
  * compiler can keep them in vector registers without reassociating a chain) */
@@ -192,12 +195,18 @@ static int update_seg_s(float *p, const float *g, float *v, float *s, Py_ssize_t
                         float lr_t) { return 1; }
 static void fastnn_exp_inplace_d(double *x, Py_ssize_t n) {}
 static void fastnn_exp_inplace_s(float *x, Py_ssize_t n) {}
+typedef struct { double b1, b2, c1, c2, eps, lr_t; } adam_consts_d;
+typedef struct { float b1, b2, c1, c2, eps, lr_t; } adam_consts_s;
 static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *const *A, Py_ssize_t a_off,
-                             double *W, double *V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu,
-                             double l2) { return 1; }
+                             double *W, double *V, double *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
+                             Py_ssize_t k, int mode, double eta, double mu, double l2,
+                             const adam_consts_d *ac, void *scratch) { return 1; }
 static int small_tn_update_s(const float *D, Py_ssize_t ldd, const float *const *A, Py_ssize_t a_off,
-                             float *W, float *V, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int mode, float eta, float mu,
-                             float l2) { return 1; }
+                             float *W, float *V, float *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
+                             Py_ssize_t k, int mode, float eta, float mu, float l2,
+                             const adam_consts_s *ac, void *scratch) { return 1; }
+static Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n) { return 64; }
+static Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n) { return 64; }
 #endif
 
 #endif

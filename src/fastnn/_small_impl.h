@@ -308,10 +308,44 @@ static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
         chk = VADD(chk, VSUB(w_, w_));                                          \
     } while (0)
 
-static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, int mode, T eta, T mu, T l2)
+/* The constants of an Adam step (mode 3), in the element type: c1 = 1 - b1 and
+ * c2 = 1 - b2 rounded once, lr_t the bias-corrected step */
+typedef struct {
+    T b1, b2, c1, c2, eps, lr_t;
+} CAT(adam_consts, SFX);
+
+/* UPDATE_VEC for every mode, Adam (mode 3, second moment at ss) included */
+#define UPDATE_VEC_ANY(pp, gv, vv, ss, chk)                                     \
+    do {                                                                        \
+        if (mode == 3) {                                                        \
+            VT p_ = VLOAD(pp), w_;                                              \
+            VT gg_ = VADD(gv, VMUL(ll, p_));                                    \
+            VT v_ = VADD(VMUL(VSET1(ac->b1), VLOAD(vv)), VMUL(VSET1(ac->c1), gg_)); \
+            VT s_ = VADD(VMUL(VSET1(ac->b2), VLOAD(ss)),                        \
+                         VMUL(VSET1(ac->c2), VMUL(gg_, gg_)));                  \
+            VSTORE(vv, v_);                                                     \
+            VSTORE(ss, s_);                                                     \
+            w_ = VSUB(p_, VDIV(VMUL(VSET1(ac->lr_t), v_),                       \
+                               VADD(VSQRT(s_), VSET1(ac->eps))));               \
+            VSTORE(pp, w_);                                                     \
+            chk = VADD(chk, VSUB(w_, w_));                                      \
+        } else {                                                                \
+            UPDATE_VEC(pp, gv, vv, chk);                                        \
+        }                                                                       \
+    } while (0)
+
+static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, T *s, int mode, T eta, T mu, T l2,
+                                          const CAT(adam_consts, SFX) *ac)
 {
-    T w, vi, gg;
-    if (mode == 0) {
+    T w, vi, si, gg;
+    if (mode == 3) {
+        gg = g + l2 * *p;
+        vi = ac->b1 * *v + ac->c1 * gg;
+        si = ac->b2 * *s + ac->c2 * (gg * gg);
+        *v = vi;
+        *s = si;
+        w = *p - ac->lr_t * vi / (SQRT(si) + ac->eps);
+    } else if (mode == 0) {
         w = (1 - eta * l2) * *p - eta * g;
     } else {
         gg = g + l2 * *p;
@@ -324,115 +358,131 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, int mode, T eta, T mu
 }
 
 /* W <- update(W, D^T A) for W: n x k (row stride ldw), D: m x n (row stride
- * ldd), A: m x k (row i at Ar[i] + a_off), with velocity V (same layout as W),
- * without storing the gradient: for four rows of W at a time
- * and one vector of columns, g = sum_i D[i, j] A[i, cols] is formed in
- * registers and applied at once. mode: 0 plain (V unused), 1 momentum,
- * 2 Nesterov; l2 multiplies W (pass 0 for biases). Returns 1 if a new value
- * is not finite. */
-FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, const T *const *Ar,
-                                                Py_ssize_t a_off, T *W, T *V, Py_ssize_t ldw,
-                                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                                                int mode, T eta, T mu, T l2)
+ * ldd), A: m x k (row i at Ar[i] + a_off), with velocity (or Adam's first moment) V and
+ * Adam's second moment S (same layout as W), without storing the gradient: for four
+ * rows of W at a time and one vector of columns, g = sum_i D[i, j] A[i, cols] is formed
+ * in registers and applied at once. mode: 0 plain (V, S unused), 1 momentum,
+ * 2 Nesterov (S unused), 3 Adam (constants in ac); l2 multiplies W (pass 0 for biases).
+ * Returns 1 if a new value is not finite. */
+/* The 4 x NV block of the weight gradient g[r][v] = sum_i Dp[i][r] Ap[i][v] (NV vectors of
+ * columns, rows r < 4) over the packed operands (both contiguous: every load hits L1), then
+ * the update of W's block at p (row stride ldw; velocity at V's, second moment at S's). */
+#define TN_BLOCK(NV)                                                                       \
+    do {                                                                                   \
+        VT g_[4][NV];                                                                      \
+        int rx_, vx_;                                                                        \
+        for (rx_ = 0; rx_ < 4; rx_++)                                                         \
+            for (vx_ = 0; vx_ < NV; vx_++) g_[rx_][vx_] = VZERO();                              \
+        for (i = 0; i < m; i++) {                                                          \
+            const T *ai_ = Ap + i * NV * VL, *di_ = dp + 4 * i;                            \
+            VT a_[NV];                                                                     \
+            for (vx_ = 0; vx_ < NV; vx_++) a_[vx_] = VLOAD(ai_ + vx_ * VL);                     \
+            for (rx_ = 0; rx_ < 4; rx_++) {                                                   \
+                VT dd_ = VSET1(di_[rx_]);                                                   \
+                for (vx_ = 0; vx_ < NV; vx_++) g_[rx_][vx_] = VFMA(dd_, a_[vx_], g_[rx_][vx_]);     \
+            }                                                                              \
+        }                                                                                  \
+        for (rx_ = 0; rx_ < 4; rx_++)                                                         \
+            for (vx_ = 0; vx_ < NV; vx_++)                                                    \
+                UPDATE_VEC_ANY(PV(j + rx_, kk + vx_ * VL), g_[rx_][vx_], VV(j + rx_, kk + vx_ * VL), \
+                               SV(j + rx_, kk + vx_ * VL), chk);                             \
+    } while (0)
+
+/* one row of W (j), NV vectors: g[v] = sum_i D[i][j] Ap[i][v], D's column packed at dp */
+#define TN_ROW(NV)                                                                         \
+    do {                                                                                   \
+        VT g_[NV];                                                                         \
+        int vx_;                                                                            \
+        for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VZERO();                                      \
+        for (i = 0; i < m; i++) {                                                          \
+            VT dd_ = VSET1(dp[i]);                                                         \
+            for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VFMA(dd_, VLOAD(Ap + i * NV * VL + vx_ * VL), g_[vx_]); \
+        }                                                                                  \
+        for (vx_ = 0; vx_ < NV; vx_++)                                                        \
+            UPDATE_VEC_ANY(PV(j, kk + vx_ * VL), g_[vx_], VV(j, kk + vx_ * VL), SV(j, kk + vx_ * VL), chk); \
+    } while (0)
+
+/* the batch's strip of NV vectors of columns from kk on, packed row after row into Ap */
+#define TN_PACK(NV)                                                                        \
+    do {                                                                                   \
+        int vx_;                                                                            \
+        for (i = 0; i < m; i++) {                                                          \
+            const T *srcx_ = Ar[i] + a_off + kk;                                            \
+            for (vx_ = 0; vx_ < NV; vx_++) VSTORE(Ap + i * NV * VL + vx_ * VL, VLOAD(srcx_ + vx_ * VL)); \
+        }                                                                                  \
+    } while (0)
+
+/* The strip loop for NV vectors: pack, then every 4-row block of W and the rows left */
+#define TN_STRIPS(NV)                                                                      \
+    for (; kk + NV * VL <= kv; kk += NV * VL) {                                            \
+        const T *dp;                                                                       \
+        TN_PACK(NV);                                                                       \
+        for (j = 0, dp = Dp; j < n4; j += 4, dp += 4 * m) TN_BLOCK(NV);                    \
+        for (; j < n; j++, dp += m) TN_ROW(NV);                                            \
+    }
+
+/* Bytes of scratch small_tn_update needs for m rows and n rows of W (the packed delta and a
+ * packed strip of the batch), 64-byte aligned pieces */
+static Py_ssize_t CAT(small_tn_scratch_bytes, SFX)(Py_ssize_t m, Py_ssize_t n)
 {
-    Py_ssize_t i, j, kk, t0, tw, tv;
+    return (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64 + m * 3 * VL * (Py_ssize_t)sizeof(T) + 64;
+}
+
+/* W <- update(W, D^T A) for W: n x k (row stride ldw), D: m x n (row stride ldd), A: m x k
+ * (row i at Ar[i] + a_off, anywhere in memory), with velocity (or Adam's first moment) V
+ * and Adam's second moment S (same layout as W), without storing the gradient. D is
+ * packed once into 4-column panels, then for each strip of 3 (then 2, then 1) vectors of
+ * columns the batch's strip is packed and every 4-row block of W forms its gradient
+ * block in registers (4 x 3 vectors: 7 loads feed 12 FMAs) and applies the update to it
+ * at once. scratch: small_tn_scratch_bytes(m, n) bytes, 64-byte aligned. mode: 0 plain
+ * (V, S unused), 1 momentum, 2 Nesterov (S unused), 3 Adam (constants in ac); l2
+ * multiplies W (pass 0 for biases). Returns 1 if a new value is not finite. */
+FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, const T *const *Ar,
+                                                Py_ssize_t a_off, T *W, T *V, T *S, Py_ssize_t ldw,
+                                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                                int mode, T eta, T mu, T l2,
+                                                const CAT(adam_consts, SFX) *ac, void *scratch)
+{
+    Py_ssize_t i, j, c, kk = 0, kv = k - k % VL, n4 = n - n % 4;
     VT ee = VSET1(eta), mm = VSET1(mu), ll = VSET1(l2), cc = VSET1(1 - eta * l2);
     VT chk = VZERO();
     int bad = 0;
-    for (t0 = 0; t0 < k; t0 += FASTNN_KTILE) {
-        tw = k - t0 < FASTNN_KTILE ? k - t0 : FASTNN_KTILE;
-        tv = tw - tw % VL;
-        for (j = 0; j + 4 <= n; j += 4) {
-            T *p0 = W + j * ldw + t0, *p1 = p0 + ldw, *p2 = p1 + ldw, *p3 = p2 + ldw;
-            T *v0 = V + j * ldw + t0, *v1 = v0 + ldw, *v2 = v1 + ldw, *v3 = v2 + ldw;
-            for (kk = 0; kk + 3 * VL <= tv; kk += 3 * VL) {
-                /* 4 rows x 3 vectors: 7 loads feed 12 FMAs (12 accumulators hide the
-                 * FMA latency) */
-                VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
-                VT h0 = VZERO(), h1 = VZERO(), h2 = VZERO(), h3 = VZERO();
-                VT q0 = VZERO(), q1 = VZERO(), q2 = VZERO(), q3 = VZERO();
-                for (i = 0; i < m; i++) {
-                    const T *ai = Ar[i] + a_off + t0 + kk;
-                    VT a = VLOAD(ai), b = VLOAD(ai + VL), c = VLOAD(ai + 2 * VL);
-                    const T *d = D + i * ldd + j;
-                    VT dd = VSET1(d[0]);
-                    g0 = VFMA(dd, a, g0); h0 = VFMA(dd, b, h0); q0 = VFMA(dd, c, q0);
-                    dd = VSET1(d[1]);
-                    g1 = VFMA(dd, a, g1); h1 = VFMA(dd, b, h1); q1 = VFMA(dd, c, q1);
-                    dd = VSET1(d[2]);
-                    g2 = VFMA(dd, a, g2); h2 = VFMA(dd, b, h2); q2 = VFMA(dd, c, q2);
-                    dd = VSET1(d[3]);
-                    g3 = VFMA(dd, a, g3); h3 = VFMA(dd, b, h3); q3 = VFMA(dd, c, q3);
-                }
-                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk); UPDATE_VEC(p0 + kk + VL, h0, v0 + kk + VL, chk);
-                UPDATE_VEC(p0 + kk + 2 * VL, q0, v0 + kk + 2 * VL, chk);
-                UPDATE_VEC(p1 + kk, g1, v1 + kk, chk); UPDATE_VEC(p1 + kk + VL, h1, v1 + kk + VL, chk);
-                UPDATE_VEC(p1 + kk + 2 * VL, q1, v1 + kk + 2 * VL, chk);
-                UPDATE_VEC(p2 + kk, g2, v2 + kk, chk); UPDATE_VEC(p2 + kk + VL, h2, v2 + kk + VL, chk);
-                UPDATE_VEC(p2 + kk + 2 * VL, q2, v2 + kk + 2 * VL, chk);
-                UPDATE_VEC(p3 + kk, g3, v3 + kk, chk); UPDATE_VEC(p3 + kk + VL, h3, v3 + kk + VL, chk);
-                UPDATE_VEC(p3 + kk + 2 * VL, q3, v3 + kk + 2 * VL, chk);
-            }
-            for (; kk + 2 * VL <= tv; kk += 2 * VL) {
-                /* 4 rows x 2 vectors: 6 loads feed 8 FMAs */
-                VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
-                VT h0 = VZERO(), h1 = VZERO(), h2 = VZERO(), h3 = VZERO();
-                for (i = 0; i < m; i++) {
-                    const T *ai = Ar[i] + a_off + t0 + kk;
-                    VT a = VLOAD(ai), b = VLOAD(ai + VL);
-                    const T *d = D + i * ldd + j;
-                    VT d0 = VSET1(d[0]), d1 = VSET1(d[1]), d2 = VSET1(d[2]), d3 = VSET1(d[3]);
-                    g0 = VFMA(d0, a, g0); h0 = VFMA(d0, b, h0);
-                    g1 = VFMA(d1, a, g1); h1 = VFMA(d1, b, h1);
-                    g2 = VFMA(d2, a, g2); h2 = VFMA(d2, b, h2);
-                    g3 = VFMA(d3, a, g3); h3 = VFMA(d3, b, h3);
-                }
-                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk); UPDATE_VEC(p0 + kk + VL, h0, v0 + kk + VL, chk);
-                UPDATE_VEC(p1 + kk, g1, v1 + kk, chk); UPDATE_VEC(p1 + kk + VL, h1, v1 + kk + VL, chk);
-                UPDATE_VEC(p2 + kk, g2, v2 + kk, chk); UPDATE_VEC(p2 + kk + VL, h2, v2 + kk + VL, chk);
-                UPDATE_VEC(p3 + kk, g3, v3 + kk, chk); UPDATE_VEC(p3 + kk + VL, h3, v3 + kk + VL, chk);
-            }
-            for (; kk < tv; kk += VL) {
-                VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();
-                for (i = 0; i < m; i++) {
-                    VT a = VLOAD(Ar[i] + a_off + t0 + kk);
-                    const T *d = D + i * ldd + j;
-                    g0 = VFMA(VSET1(d[0]), a, g0);
-                    g1 = VFMA(VSET1(d[1]), a, g1);
-                    g2 = VFMA(VSET1(d[2]), a, g2);
-                    g3 = VFMA(VSET1(d[3]), a, g3);
-                }
-                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk);
-                UPDATE_VEC(p1 + kk, g1, v1 + kk, chk);
-                UPDATE_VEC(p2 + kk, g2, v2 + kk, chk);
-                UPDATE_VEC(p3 + kk, g3, v3 + kk, chk);
-            }
-        }
-        for (; j < n; j++) {
-            T *p0 = W + j * ldw + t0, *v0 = V + j * ldw + t0;
-            for (kk = 0; kk < tv; kk += VL) {
-                VT g0 = VZERO();
-                for (i = 0; i < m; i++)
-                    g0 = VFMA(VSET1(D[i * ldd + j]), VLOAD(Ar[i] + a_off + t0 + kk), g0);
-                UPDATE_VEC(p0 + kk, g0, v0 + kk, chk);
-            }
-        }
-        /* columns past the last full vector */
-        for (j = 0; j < n; j++) {
-            for (kk = tv; kk < tw; kk++) {
-                T g = 0;
-                for (i = 0; i < m; i++) g += D[i * ldd + j] * Ar[i][a_off + t0 + kk];
-                bad |= CAT(update_scalar, SFX)(W + j * ldw + t0 + kk, g, V + j * ldw + t0 + kk,
-                                              mode, eta, mu, l2);
-            }
+    T *Dp = (T *)scratch, *Ap = (T *)((char *)scratch + (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64);
+    /* W's element (j, c) and its moments: p, v, s (S is read only in mode 3) */
+#define PV(j, c) (W + (j) * ldw + (c))
+#define VV(j, c) (V + (j) * ldw + (c))
+#define SV(j, c) (mode == 3 ? S + (j) * ldw + (c) : VV(j, c))
+    /* D's columns: 4-column panels (row i's four values together), then single columns */
+    for (j = 0; j < n4; j += 4)
+        for (i = 0; i < m; i++)
+            for (c = 0; c < 4; c++) Dp[j * m + 4 * i + c] = D[i * ldd + j + c];
+    for (; j < n; j++)
+        for (i = 0; i < m; i++) Dp[j * m + i] = D[i * ldd + j];
+    TN_STRIPS(3)
+    TN_STRIPS(2)
+    TN_STRIPS(1)
+    /* columns past the last full vector */
+    for (j = 0; j < n; j++) {
+        for (kk = kv; kk < k; kk++) {
+            T g = 0;
+            for (i = 0; i < m; i++) g += D[i * ldd + j] * Ar[i][a_off + kk];
+            bad |= CAT(update_scalar, SFX)(PV(j, kk), g, VV(j, kk), mode == 3 ? S + j * ldw + kk : NULL,
+                                          mode, eta, mu, l2, ac);
         }
     }
+#undef PV
+#undef VV
+#undef SV
     {
-        T c = HSUM(chk);
-        bad |= !(c == 0);
+        T cs = HSUM(chk);
+        bad |= !(cs == 0);
     }
     return bad;
 }
+#undef TN_BLOCK
+#undef TN_ROW
+#undef TN_PACK
+#undef TN_STRIPS
 
 /* The update rule over a segment of n parameters, vectorized, with the same arithmetic
  * as update_segment in _core.pyx (which documents the rules; mode 3 is Adam, with
@@ -492,6 +542,7 @@ FASTNN_AVX2 static int CAT(update_seg, SFX)(T *p, const T *g, T *v, T *s, Py_ssi
 }
 
 #undef UPDATE_VEC
+#undef UPDATE_VEC_ANY
 #undef CAT
 #undef CAT_
 /* the including file's parameters, ready for the next instantiation */
