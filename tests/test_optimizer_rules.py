@@ -43,7 +43,9 @@ def test_adam_step_matches_the_equations():
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-11), ("float32", 2e-4)])
 @pytest.mark.parametrize("l2_scale", ["n", "batch"])
-def test_adam_cython_equals_reference_over_epochs(dtype, tol, l2_scale):
+def test_adam_cython_equals_reference_over_epochs(dtype, tol, l2_scale, update_path):
+    """Parameters, moments and the running loss (its ||W||^2 taken from the previous step's
+    update pass) against the NumPy engine, on every kernel path."""
     X, y = _data(dtype=dtype)
     nets, opts, losses = [], [], []
     for engine in ("cython", "numpy"):
@@ -73,11 +75,13 @@ def test_adam_state_continues_across_fits():
 
 
 @pytest.mark.parametrize("l2_scale", ["n", "batch"])
-def test_running_loss_is_the_pre_update_batch_cost(l2_scale):
-    """loss_sum = sum over batches of m_b (C0_b + l2_b/2 ||W||^2) before each update."""
-    X, y = _data(n=23)
+@pytest.mark.parametrize("n_in", [7, 45])
+def test_running_loss_is_the_pre_update_batch_cost(l2_scale, n_in, update_path):
+    """loss_sum = sum over batches of m_b (C0_b + l2_b/2 ||W||^2) before each update (the
+    kernels take ||W||^2 from the previous step's update pass)."""
+    X, y = _data(n=23, n_in=n_in)
     lmbda, bs = 0.7, 5
-    net = _net()
+    net = _net(sizes=(n_in, 9, 4))
     shadow = net.copy()
     opt = fastnn.SGD(eta=0.1, momentum=0.5)
     perm = np.random.default_rng(2).permutation(len(X))

@@ -300,6 +300,8 @@ cdef struct Job:
     const SparseInput* sp   # layer 0's products skip the input's zeros (see SparseInput)
     char* tn_scratch        # the fused kernel's packed operands: tn_scratch_bytes per task
     Py_ssize_t tn_scratch_bytes
+    bint want_sq            # updates: also sum the squares of the new weights (into wsq)
+    double wsq[MAX_TASKS]
     int bad[MAX_TASKS]      # per task: 1 if a new parameter is not finite
 
 
@@ -331,6 +333,7 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.sp = NULL
     job.tn_scratch = NULL
     job.tn_scratch_bytes = 0
+    job.want_sq = False
 
 
 cdef int run_job(Job* job) noexcept nogil:
@@ -447,6 +450,8 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     cdef floating* gW
     cdef floating* V
     cdef floating* S
+    cdef double* wsq
+    cdef double part = 0
     cdef int bad = 0
     if job.kind == JOB_PREFETCH:
         prefetch_rows(<const floating*>job.X, job.idx, m, n_in)
@@ -461,6 +466,7 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     task_range(job, t, &j0, &j1)
     nb = j1 - j0
     job.bad[t] = 0
+    job.wsq[t] = 0
     if nb <= 0:
         return
     if job.kind == JOB_GATHER:
@@ -508,6 +514,7 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
             times_derivative(net.acts[l - 1], Dl + j0 * n_in, Al + j0 * n_in, nb * n_in)
     else:
         D = delta_ptr(net, work, m, l + 1)
+        wsq = &job.wsq[t] if job.want_sq else NULL
         V = <floating*>job.vel + off if job.vel != NULL else NULL
         S = <floating*>job.sq + off if job.sq != NULL else NULL
         gW = <floating*>job.grad + off
@@ -519,25 +526,28 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
             if job.by_cols:
                 bad = small_tn_update(D, n_out, Ar, j0, W + j0, V + j0,
                                       S + j0 if S != NULL else NULL, n_in, m, n_out, nb, job.r,
-                                      job.tn_scratch + t * job.tn_scratch_bytes)
+                                      job.tn_scratch + t * job.tn_scratch_bytes, wsq)
             else:
                 bad = small_tn_update(D + j0, n_out, Ar, 0, W + j0 * n_in, V + j0 * n_in,
                                       S + j0 * n_in if S != NULL else NULL, n_in, m, nb, n_in,
-                                      job.r, job.tn_scratch + t * job.tn_scratch_bytes)
+                                      job.r, job.tn_scratch + t * job.tn_scratch_bytes, wsq)
         elif job.by_cols:
             gemm_rm(Trans, NoTrans, <int>n_out, <int>nb, <int>m, <floating>1.0, D, <int>n_out,
                     A + j0, <int>n_in, <floating>(1 if job.accumulate else 0), gW + j0, <int>n_in)
             if job.kind == JOB_GRAD_UPDATE:
                 for j in range(n_out):
                     bad |= update_segment(W + j * n_in + j0, gW + j * n_in + j0,
-                                          V + j * n_in + j0, S + j * n_in + j0, nb, job.r, True)
+                                          V + j * n_in + j0, S + j * n_in + j0, nb, job.r, True,
+                                          &part if wsq != NULL else NULL)
+                    if wsq != NULL:
+                        wsq[0] += part
         else:
             gemm_rm(Trans, NoTrans, <int>nb, <int>n_in, <int>m, <floating>1.0, D + j0, <int>n_out,
                     A, <int>n_in, <floating>(1 if job.accumulate else 0), gW + j0 * n_in,
                     <int>n_in)
             if job.kind == JOB_GRAD_UPDATE:
                 bad = update_segment(W + j0 * n_in, gW + j0 * n_in, V + j0 * n_in, S + j0 * n_in,
-                                     nb * n_in, job.r, True)
+                                     nb * n_in, job.r, True, wsq)
     job.bad[t] = bad
 
 
@@ -859,7 +869,8 @@ cdef struct Rule:
 
 
 cdef int update_segment(floating* p, const floating* g, floating* v, floating* s,
-                        Py_ssize_t n, const Rule* r, bint weights) noexcept nogil:
+                        Py_ssize_t n, const Rule* r, bint weights,
+                        double* wsq=NULL) noexcept nogil:
     """One pass over a segment; returns 1 if a new value is not finite.
 
     With g the mean gradient of the batch and l2 applied to weights only
@@ -873,7 +884,8 @@ cdef int update_segment(floating* p, const floating* g, floating* v, floating* s
 
     Finiteness is tracked as ``chk = sum(w - w)`` over the new values: every
     term is 0 for a finite w and NaN otherwise, so chk is exactly 0 or NaN in
-    any order of summation, and the loops still vectorize.
+    any order of summation, and the loops still vectorize. With ``wsq``, the
+    sum of the squares of the new values (in double) is stored there.
     """
     cdef Py_ssize_t i
     cdef floating w, vi, si, gg
@@ -889,9 +901,11 @@ cdef int update_segment(floating* p, const floating* g, floating* v, floating* s
     if vector_update:
         # the same arithmetic, in AVX2 vectors (_small_impl.h)
         if floating is float:
-            return update_seg_s(p, g, v, s, n, r.mode, eta, mu, l2, b1, b2, c1, c2, eps, lr_t)
+            return update_seg_s(p, g, v, s, n, r.mode, eta, mu, l2, b1, b2, c1, c2, eps, lr_t,
+                                wsq)
         else:
-            return update_seg_d(p, g, v, s, n, r.mode, eta, mu, l2, b1, b2, c1, c2, eps, lr_t)
+            return update_seg_d(p, g, v, s, n, r.mode, eta, mu, l2, b1, b2, c1, c2, eps, lr_t,
+                                wsq)
     if r.mode == RULE_PLAIN:
         for i in range(n):
             w = c * p[i] - eta * g[i]
@@ -922,6 +936,11 @@ cdef int update_segment(floating* p, const floating* g, floating* v, floating* s
             w = p[i] - lr_t * vi / (_sqrt(si) + eps)
             p[i] = w
             chk = chk + (w - w)
+    if wsq != NULL:
+        if floating is float:
+            wsq[0] = fastnn_sumsq_s(p, n)
+        else:
+            wsq[0] = fastnn_sumsq_d(p, n)
     return not (chk == 0)
 
 
@@ -949,10 +968,10 @@ cdef extern from "_small.h" nogil:
     int fastnn_nonfinite_d(const double* x, Py_ssize_t n)
     int update_seg_d(double* p, const double* g, double* v, double* s, Py_ssize_t n, int mode,
                      double eta, double mu, double l2, double b1, double b2, double c1,
-                     double c2, double eps, double lr_t)
+                     double c2, double eps, double lr_t, double* wsq)
     int update_seg_s(float* p, const float* g, float* v, float* s, Py_ssize_t n, int mode,
                      float eta, float mu, float l2, float b1, float b2, float c1,
-                     float c2, float eps, float lr_t)
+                     float c2, float eps, float lr_t, double* wsq)
     double fastnn_sumsq_d(const double* x, Py_ssize_t n)
     double fastnn_sumsq_s(const float* x, Py_ssize_t n)
     void small_nt_d(const double** Ar, const double* W, double* Z,
@@ -966,11 +985,11 @@ cdef extern from "_small.h" nogil:
     int small_tn_update_d(const double* D, Py_ssize_t ldd, const double** Ar, Py_ssize_t a_off,
                           double* W, double* V, double* S, Py_ssize_t ldw, Py_ssize_t m,
                           Py_ssize_t n, Py_ssize_t k, int mode, double eta, double mu, double l2,
-                          const adam_consts_d* ac, void* scratch)
+                          const adam_consts_d* ac, void* scratch, double* wsq)
     int small_tn_update_s(const float* D, Py_ssize_t ldd, const float** Ar, Py_ssize_t a_off,
                           float* W, float* V, float* S, Py_ssize_t ldw, Py_ssize_t m,
                           Py_ssize_t n, Py_ssize_t k, int mode, float eta, float mu, float l2,
-                          const adam_consts_s* ac, void* scratch)
+                          const adam_consts_s* ac, void* scratch, double* wsq)
     Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n)
     Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n)
 
@@ -1102,7 +1121,7 @@ cdef inline void small_nt(const floating** Ar, const floating* W, floating* Z,
 cdef inline int small_tn_update(const floating* D, Py_ssize_t ldd, const floating** Ar,
                                 Py_ssize_t a_off, floating* W, floating* V, floating* S,
                                 Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                                const Rule* r, void* scratch) noexcept nogil:
+                                const Rule* r, void* scratch, double* wsq) noexcept nogil:
     """The fused gradient-and-update of W (see _small_impl.h) under rule r, with the
     constants rounded to the element type as update_segment rounds them."""
     cdef adam_consts_s acs
@@ -1115,7 +1134,7 @@ cdef inline int small_tn_update(const floating* D, Py_ssize_t ldd, const floatin
         acs.eps = <float>r.eps
         acs.lr_t = <float>r.lr_t
         return small_tn_update_s(D, ldd, Ar, a_off, W, V, S, ldw, m, n, k, r.mode,
-                                 <float>r.eta, <float>r.mu, <float>r.l2, &acs, scratch)
+                                 <float>r.eta, <float>r.mu, <float>r.l2, &acs, scratch, wsq)
     else:
         acd.b1 = r.beta1
         acd.b2 = r.beta2
@@ -1124,7 +1143,7 @@ cdef inline int small_tn_update(const floating* D, Py_ssize_t ldd, const floatin
         acd.eps = r.eps
         acd.lr_t = r.lr_t
         return small_tn_update_d(D, ldd, Ar, a_off, W, V, S, ldw, m, n, k, r.mode,
-                                 r.eta, r.mu, r.l2, &acd, scratch)
+                                 r.eta, r.mu, r.l2, &acd, scratch, wsq)
 
 
 cdef Py_ssize_t tn_scratch_bytes(const Net* net, Py_ssize_t m, size_t itemsize) noexcept nogil:
@@ -1145,7 +1164,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
                          floating* vel, floating* sq, const floating* A0,
                          const floating** rows, floating* work, Py_ssize_t m,
                          const Rule* r, char* tn_scratch,
-                         Py_ssize_t tn_scratch_bytes) noexcept nogil:
+                         Py_ssize_t tn_scratch_bytes, double* wnorm=NULL) noexcept nogil:
     """Backward pass that updates each layer as soon as its delta is known.
 
     Going down from the output, layer l first propagates the delta with its
@@ -1154,9 +1173,11 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     applied in one pass (``small_tn_update``), otherwise BLAS writes it into
     ``grad`` and ``update_segment`` applies it. Both run as parallel regions
     over blocks (columns of D_l, rows of W_l). Returns 1 if a new parameter
-    is not finite.
+    is not finite. With ``wnorm``, the sum of the squares of all the new weights
+    (biases excluded) is stored there, formed by the update passes themselves.
     """
-    cdef int l, bad = 0
+    cdef int l, t, bad = 0
+    cdef double norm = 0
     cdef Py_ssize_t i, j, nw
     cdef int n_in, n_out
     cdef floating* D
@@ -1168,6 +1189,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     job.f32 = floating is float
     job.tn_scratch = tn_scratch
     job.tn_scratch_bytes = tn_scratch_bytes
+    job.want_sq = wnorm != NULL
     for l in range(net.L - 1, -1, -1):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
@@ -1181,6 +1203,9 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
         job.kind = JOB_GRAD_UPDATE
         job.small = fused_layer(net, l, m, r.mode)
         bad |= run_job(&job)
+        if wnorm != NULL:
+            for t in range(job.ntasks):
+                norm += job.wsq[t]
         gb = grad + off + nw
         for j in range(n_out):
             gb[j] = 0
@@ -1188,6 +1213,8 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
             for j in range(n_out):
                 gb[j] = gb[j] + D[i * n_out + j]
         bad |= update_segment(params + off + nw, gb, vel + off + nw, sq + off + nw, n_out, r, False)
+    if wnorm != NULL:
+        wnorm[0] = norm
     return bad
 
 
@@ -1633,7 +1660,8 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef Py_ssize_t tn_bytes = tn_scratch_bytes(&net, batch_size, sizeof(floating))
     cdef unsigned char[::1] tn_buf = np.empty(tn_bytes * MAX_TASKS + 64, dtype=np.uint8)
     cdef char* tn_scratch = <char*>(((<size_t>&tn_buf[0]) + 63) // 64 * 64)
-    cdef double loss = 0, l2_b
+    cdef double loss = 0, l2_b, wn = 0
+    cdef bint wn_known = False
     cdef Job gather, ahead
     cdef double tp = 0
     cdef floating* Aout
@@ -1682,7 +1710,9 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 for i in range(m):
                     loss += row_cost(&net, Zout + i * nL, Aout + i * nL, Yp, lp, pp[s + i])
                 if l2_b != 0:
-                    loss += 0.5 * l2_b * m * weight_norm2(&net, &params[0])
+                    if not wn_known:
+                        wn = weight_norm2(&net, &params[0])
+                    loss += 0.5 * l2_b * m * wn
             if phase_timing:
                 tp = tick(PHASE_LOSS, tp)
             output_delta(&net, wk, m, Yp, lp, pp + s, <floating>(1.0 / m))
@@ -1691,8 +1721,11 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
             if mode == RULE_ADAM:
                 t += 1
             r = make_rule(mode, eta, mu, l2_b, beta1, beta2, eps, t)
+            # the next step's ||W||^2 (for its loss) comes out of this step's update pass
             bad = backward_update(&net, &params[0], &grad[0], &vel[0], &sq[0], wk, rows,
-                                  wk, m, &r, tn_scratch, tn_bytes)
+                                  wk, m, &r, tn_scratch, tn_bytes,
+                                  &wn if want_loss and l2 != 0 else NULL)
+            wn_known = want_loss and l2 != 0
             if phase_timing:
                 tp = tick(PHASE_BACKWARD, tp)
             steps += 1

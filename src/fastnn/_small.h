@@ -91,6 +91,8 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VSQRT _mm256_sqrt_pd
 #define SQRT __builtin_sqrt
 #define HSUM fastnn_hsum_d
+/* acc (4 doubles) += w * w */
+#define SQACC(acc, w) acc = _mm256_fmadd_pd((w), (w), acc)
 #include "_small_impl.h"
 
 /* float */
@@ -110,6 +112,14 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VSQRT _mm256_sqrt_ps
 #define SQRT __builtin_sqrtf
 #define HSUM fastnn_hsum_s
+/* acc (4 doubles) += w * w, the 8 floats widened to double */
+#define SQACC(acc, w)                                                              \
+    do {                                                                           \
+        __m256d lo_ = _mm256_cvtps_pd(_mm256_castps256_ps128(w));                  \
+        __m256d hi_ = _mm256_cvtps_pd(_mm256_extractf128_ps((w), 1));              \
+        acc = _mm256_fmadd_pd(lo_, lo_, acc);                                      \
+        acc = _mm256_fmadd_pd(hi_, hi_, acc);                                      \
+    } while (0)
 #include "_small_impl.h"
 
 /* Vectorized exp: x = n ln2 + r with |r| <= ln2/2 (n rounded, ln2 split in two so the
@@ -189,10 +199,10 @@ static void small_nt_s(const float *const *A, const float *W, float *Z, Py_ssize
                        Py_ssize_t ldz) {}
 static int update_seg_d(double *p, const double *g, double *v, double *s, Py_ssize_t n, int mode, double eta,
                         double mu, double l2, double b1, double b2, double c1, double c2, double eps,
-                        double lr_t) { return 1; }
+                        double lr_t, double *wsq) { return 1; }
 static int update_seg_s(float *p, const float *g, float *v, float *s, Py_ssize_t n, int mode, float eta,
                         float mu, float l2, float b1, float b2, float c1, float c2, float eps,
-                        float lr_t) { return 1; }
+                        float lr_t, double *wsq) { return 1; }
 static void fastnn_exp_inplace_d(double *x, Py_ssize_t n) {}
 static void fastnn_exp_inplace_s(float *x, Py_ssize_t n) {}
 typedef struct { double b1, b2, c1, c2, eps, lr_t; } adam_consts_d;
@@ -200,11 +210,11 @@ typedef struct { float b1, b2, c1, c2, eps, lr_t; } adam_consts_s;
 static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *const *A, Py_ssize_t a_off,
                              double *W, double *V, double *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, double eta, double mu, double l2,
-                             const adam_consts_d *ac, void *scratch) { return 1; }
+                             const adam_consts_d *ac, void *scratch, double *wsq) { return 1; }
 static int small_tn_update_s(const float *D, Py_ssize_t ldd, const float *const *A, Py_ssize_t a_off,
                              float *W, float *V, float *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, float eta, float mu, float l2,
-                             const adam_consts_s *ac, void *scratch) { return 1; }
+                             const adam_consts_s *ac, void *scratch, double *wsq) { return 1; }
 static Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n) { return 64; }
 static Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n) { return 64; }
 #endif

@@ -306,6 +306,7 @@ static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
         }                                                                       \
         VSTORE(pp, w_);                                                         \
         chk = VADD(chk, VSUB(w_, w_));                                          \
+        if (wsq) SQACC(sqa, w_);                                                \
     } while (0)
 
 /* The constants of an Adam step (mode 3), in the element type: c1 = 1 - b1 and
@@ -329,13 +330,14 @@ typedef struct {
                                VADD(VSQRT(s_), VSET1(ac->eps))));               \
             VSTORE(pp, w_);                                                     \
             chk = VADD(chk, VSUB(w_, w_));                                      \
+            if (wsq) SQACC(sqa, w_);                                            \
         } else {                                                                \
             UPDATE_VEC(pp, gv, vv, chk);                                        \
         }                                                                       \
     } while (0)
 
 static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, T *s, int mode, T eta, T mu, T l2,
-                                          const CAT(adam_consts, SFX) *ac)
+                                          const CAT(adam_consts, SFX) *ac, double *wsq)
 {
     T w, vi, si, gg;
     if (mode == 3) {
@@ -354,6 +356,7 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, T *s, int mode, T eta
         w = mode == 1 ? *p + vi : *p + (mu * vi - eta * gg);
     }
     *p = w;
+    if (wsq) *wsq += (double)w * (double)w;
     return !(w - w == 0);
 }
 
@@ -441,11 +444,14 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
                                                 Py_ssize_t a_off, T *W, T *V, T *S, Py_ssize_t ldw,
                                                 Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                                 int mode, T eta, T mu, T l2,
-                                                const CAT(adam_consts, SFX) *ac, void *scratch)
+                                                const CAT(adam_consts, SFX) *ac, void *scratch,
+                                                double *wsq)
 {
     Py_ssize_t i, j, c, kk = 0, kv = k - k % VL, n4 = n - n % 4;
     VT ee = VSET1(eta), mm = VSET1(mu), ll = VSET1(l2), cc = VSET1(1 - eta * l2);
     VT chk = VZERO();
+    __m256d sqa = _mm256_setzero_pd();
+    double sqs = 0;
     int bad = 0;
     T *Dp = (T *)scratch, *Ap = (T *)((char *)scratch + (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64);
     /* W's element (j, c) and its moments: p, v, s (S is read only in mode 3) */
@@ -467,12 +473,13 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
             T g = 0;
             for (i = 0; i < m; i++) g += D[i * ldd + j] * Ar[i][a_off + kk];
             bad |= CAT(update_scalar, SFX)(PV(j, kk), g, VV(j, kk), mode == 3 ? S + j * ldw + kk : NULL,
-                                          mode, eta, mu, l2, ac);
+                                          mode, eta, mu, l2, ac, wsq ? &sqs : NULL);
         }
     }
 #undef PV
 #undef VV
 #undef SV
+    if (wsq) *wsq = fastnn_hsum_d(sqa) + sqs;
     {
         T cs = HSUM(chk);
         bad |= !(cs == 0);
@@ -490,8 +497,10 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
  * new value is not finite. */
 FASTNN_AVX2 static int CAT(update_seg, SFX)(T *p, const T *g, T *v, T *s, Py_ssize_t n, int mode,
                                            T eta, T mu, T l2, T b1, T b2, T c1, T c2, T eps,
-                                           T lr_t)
+                                           T lr_t, double *wsq)
 {
+    __m256d sqa = _mm256_setzero_pd();
+    double sqs = 0;
     Py_ssize_t i, nv = n - n % VL;
     VT ee = VSET1(eta), mm = VSET1(mu), ll = VSET1(l2), cc = VSET1(1 - eta * l2);
     VT chk = VZERO();
@@ -509,6 +518,7 @@ FASTNN_AVX2 static int CAT(update_seg, SFX)(T *p, const T *g, T *v, T *s, Py_ssi
             VT w_ = VSUB(p_, VDIV(VMUL(lr, v_), VADD(VSQRT(s_), epsv)));
             VSTORE(p + i, w_);
             chk = VADD(chk, VSUB(w_, w_));
+            if (wsq) SQACC(sqa, w_);
         }
         for (; i < n; i++) {
             gg = g[i] + l2 * p[i];
@@ -519,6 +529,7 @@ FASTNN_AVX2 static int CAT(update_seg, SFX)(T *p, const T *g, T *v, T *s, Py_ssi
             w = p[i] - lr_t * vi / (SQRT(si) + eps);
             p[i] = w;
             sc = sc + (w - w);
+            sqs += (double)w * (double)w;
         }
     } else {
         for (i = 0; i < nv; i += VL) {
@@ -535,14 +546,17 @@ FASTNN_AVX2 static int CAT(update_seg, SFX)(T *p, const T *g, T *v, T *s, Py_ssi
             }
             p[i] = w;
             sc = sc + (w - w);
+            sqs += (double)w * (double)w;
         }
     }
+    if (wsq) *wsq = fastnn_hsum_d(sqa) + sqs;
     sc = sc + HSUM(chk);
     return !(sc == 0);
 }
 
 #undef UPDATE_VEC
 #undef UPDATE_VEC_ANY
+#undef SQACC
 #undef CAT
 #undef CAT_
 /* the including file's parameters, ready for the next instantiation */
