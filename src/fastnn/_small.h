@@ -12,9 +12,6 @@
 #include <Python.h>
 
 #define FASTNN_KTILE 256
-#ifndef FASTNN_KTILE_BYTES
-#define FASTNN_KTILE_BYTES 1024
-#endif
 
 /* sum of squares in double, with eight independent partial sums (so the
  * compiler can keep them in vector registers without reassociating a chain) */
