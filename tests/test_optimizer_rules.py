@@ -76,29 +76,40 @@ def test_adam_state_continues_across_fits():
 
 @pytest.mark.parametrize("l2_scale", ["n", "batch"])
 @pytest.mark.parametrize("n_in", [7, 45])
-def test_running_loss_is_the_pre_update_batch_cost(l2_scale, n_in, update_path):
+@pytest.mark.parametrize("mu,nesterov", [(0.0, False), (0.5, False), (0.5, True)],
+                         ids=["plain", "momentum", "nesterov"])
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_running_loss_is_the_pre_update_batch_cost(l2_scale, n_in, mu, nesterov, dtype, tol,
+                                                   update_path):
     """loss_sum = sum over batches of m_b (C0_b + l2_b/2 ||W||^2) before each update (the
-    kernels take ||W||^2 from the previous step's update pass)."""
-    X, y = _data(n=23, n_in=n_in)
+    kernels take ||W||^2 from the previous step's update pass), over two calls of an epoch
+    split in two (the second call starts without a known ||W||^2)."""
+    X, y = _data(n=23, n_in=n_in, dtype=dtype)
     lmbda, bs = 0.7, 5
-    net = _net(sizes=(n_in, 9, 4))
-    shadow = net.copy()
-    opt = fastnn.SGD(eta=0.1, momentum=0.5)
+    net = _net(dtype, sizes=(n_in, 9, 4))
+    shadow = _net("float64", sizes=(n_in, 9, 4))
+    shadow.params[:] = net.params
+    opt = fastnn.SGD(eta=0.1, momentum=mu, nesterov=nesterov)
     perm = np.random.default_rng(2).permutation(len(X))
-    got = Trainer(net, X, np.empty((0, 4)), y, batch_size=bs, optimizer=opt, lmbda=lmbda,
-                  l2_scale=l2_scale).run_epoch(perm, want_loss=True)
-    expected, v = 0.0, np.zeros_like(shadow.params)
-    for s in range(0, len(X), bs):
-        idx = perm[s:s + bs]
-        m = len(idx)
-        l2 = lmbda / m if l2_scale == "batch" else lmbda / len(X)
-        # mean cost with L2 by the network's own loss (l2 = lmbda_eff / m  <=>  lmbda_eff = l2 m)
-        expected += m * shadow.loss(X[idx], y[idx], lmbda=l2 * m)
-        g = shadow.gradient(X[idx], y[idx]) + l2 * shadow.params * shadow._weight_mask
-        v = 0.5 * v - 0.1 * g
-        shadow.params += v
-    assert got == pytest.approx(expected, rel=1e-12)
-    np.testing.assert_allclose(net.params, shadow.params, rtol=1e-12, atol=1e-14)
+    tr = Trainer(net, X, np.empty((0, 4), dtype), y, batch_size=bs, optimizer=opt, lmbda=lmbda,
+                 l2_scale=l2_scale)
+    got = [tr.run_epoch(perm, want_loss=True), tr.run_epoch(perm, want_loss=True, chunk=10)]
+    X64 = X.astype(np.float64)
+    expected, v = [], np.zeros_like(shadow.params)
+    for epoch in range(2):
+        total = 0.0
+        for s in range(0, len(X), bs):
+            idx = perm[s:s + bs]
+            m = len(idx)
+            l2 = lmbda / m if l2_scale == "batch" else lmbda / len(X)
+            # mean cost with L2 by the network's own loss (l2 = lmbda_eff / m)
+            total += m * shadow.loss(X64[idx], y[idx], lmbda=l2 * m)
+            g = shadow.gradient(X64[idx], y[idx]) + l2 * shadow.params * shadow._weight_mask
+            v = mu * v - 0.1 * g
+            shadow.params += (mu * v - 0.1 * g) if nesterov else v
+        expected.append(total)
+    assert got == pytest.approx(expected, rel=tol)
+    np.testing.assert_allclose(net.params, shadow.params, rtol=tol * 10, atol=tol)
 
 
 def test_adam_bad_hyper_parameters():

@@ -142,3 +142,39 @@ def test_thresholds_round_trip():
         assert _core.set_sparse_thresholds(*old) == ((0.25, 0.25), (0.5, 0.75))
     finally:
         _core.set_sparse_thresholds(*old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_single_layer_network(dtype):
+    """Layer 0 is the output layer (softmax over the sparse product, its pre-activations
+    kept for the loss): sparse and dense agree, and feedforward over many chunks too."""
+    net = fastnn.Network([29, 7], output="softmax", cost="log-likelihood", dtype=dtype, seed=8)
+    X, y = _sparse_data(300, 29, 7, 0.3, seed=9)
+    (c0, g0, a0), (c1, g1, a1) = _both(lambda: (*net.loss_and_gradient(X, y), net.feedforward(X)))
+    assert abs(c1 - c0) <= TOL[dtype] * abs(c0)
+    assert np.max(np.abs(g1 - g0)) <= TOL[dtype] * np.max(np.abs(g0))
+    np.testing.assert_allclose(a1, a0, rtol=0, atol=TOL[dtype])
+    out = np.empty((300, 7), dtype=dtype)
+    work = np.empty(_core.workspace_size(net._sizes_c, 16), dtype=dtype)
+    old = _core.set_sparse_thresholds(1.0, 1.0)
+    try:
+        _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params,
+                          X.astype(dtype), out, work, 16)
+    finally:
+        _core.set_sparse_thresholds(*old)
+    np.testing.assert_allclose(out, a0, rtol=0, atol=TOL[dtype])
+
+
+def test_zero_inputs_skip_their_weights_even_when_infinite():
+    """The documented difference: a zero input times an infinite weight is NaN in a dense
+    product, and skipped (0) in the sparse one; non-zero inputs propagate inf/NaN alike."""
+    net = fastnn.Network([16, 5, 3], hidden="relu", output="softmax", cost="log-likelihood",
+                         seed=10)
+    X, y = _sparse_data(50, 16, 3, 0.3, seed=11)
+    X[:, 3] = 0
+    net.weights[0][2, 3] = np.inf
+    dense, sparse = _both(lambda: net.loss(X, y))
+    assert np.isnan(dense) and np.isfinite(sparse)
+    X[5, 3] = 1.0
+    dense, sparse = _both(lambda: net.loss(X, y))
+    assert not np.isfinite(dense) and not np.isfinite(sparse)

@@ -670,3 +670,14 @@ def test_first_layer_too_large_to_fuse_trains_like_the_reference(batch_size):
     assert max_rel(net.params, ref.params, floor=1e-3) < 1e-4
     assert max_rel(net.params, fastnn.Network([784, 1024, 10], dtype="float32", seed=71).params,
                    floor=1e-3) > 1e-3
+
+
+def test_batch_larger_than_the_data_is_one_full_batch():
+    """A batch_size beyond n trains on all n rows at once (the kernels size their buffers
+    by the rows there are, not by batch_size: 10**9 must not try to allocate for it)."""
+    X, y = make_data(100, 20, 10, seed=70)
+    nets = [fastnn.Network([20, 300, 10], seed=71) for _ in range(2)]
+    for net, bs in zip(nets, (10**9, 100)):
+        net.fit(X, y, epochs=2, batch_size=bs, optimizer=fastnn.SGD(eta=0.1, momentum=0.9),
+                seed=1, monitor_training=False)
+    np.testing.assert_array_equal(nets[0].params, nets[1].params)

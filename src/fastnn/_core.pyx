@@ -261,7 +261,8 @@ def set_sparse_thresholds(forward, gradient):
     layer 0's forward product and weight gradient in evaluate/feedforward take the sparse
     kernels: 1 always, negative never (ignored where the CPU lacks AVX2/FMA). Each is a
     number (both dtypes) or a (float64, float32) pair. Returns the old pair of pairs. Both
-    paths give the same sums up to rounding; for tests and benchmarks."""
+    paths give the same sums up to rounding, except that the sparse one skips a zero input
+    even where its weight is infinite (the dense product makes that term NaN)."""
     old = ((sparse_fwd_max_density[0], sparse_fwd_max_density[1]),
            (sparse_grad_max_density[0], sparse_grad_max_density[1]))
     fwd = forward if isinstance(forward, tuple) else (forward, forward)
@@ -1146,16 +1147,22 @@ cdef inline int small_tn_update(const floating* D, Py_ssize_t ldd, const floatin
                                  r.eta, r.mu, r.l2, &acd, scratch, wsq)
 
 
-cdef Py_ssize_t tn_scratch_bytes(const Net* net, Py_ssize_t m, size_t itemsize) noexcept nogil:
+cdef Py_ssize_t tn_scratch_bytes(const Net* net, Py_ssize_t m, size_t itemsize,
+                                 int mode) noexcept nogil:
     """Scratch per task of the fused kernel for batches of at most m rows (a multiple of 64
-    bytes): the packed delta of its block of W's rows (at most a whole layer) and a strip."""
-    cdef Py_ssize_t most = 0, b
+    bytes): the packed delta of its block of W's rows (at most a whole layer) and a strip,
+    for the largest batch of at most m rows that fused_layer lets each layer take."""
+    cdef Py_ssize_t most = 64, b, ml
     cdef int l
     for l in range(net.L):
+        ml = min(m, fused_max_rows,
+                 FUSED_MAX_MACS // max(1, <Py_ssize_t>net.sizes[l] * net.sizes[l + 1]))
+        if ml < 1 or not fused_layer(net, l, ml, mode):
+            continue
         if itemsize == sizeof(float):
-            b = small_tn_scratch_bytes_s(m, net.sizes[l + 1])
+            b = small_tn_scratch_bytes_s(ml, net.sizes[l + 1])
         else:
-            b = small_tn_scratch_bytes_d(m, net.sizes[l + 1])
+            b = small_tn_scratch_bytes_d(ml, net.sizes[l + 1])
         most = max(most, b)
     return (most + 63) // 64 * 64
 
@@ -1655,9 +1662,11 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef const floating* Xp = &X[0, 0]
     cdef const Py_ssize_t* pp = &perm[0]
     cdef int bad = 0
-    cdef Py_ssize_t[::1] slots = row_slots(&net, batch_size)
+    cdef Py_ssize_t[::1] slots = row_slots(&net, min(batch_size, max(stop - start, 1)))
     cdef const floating** rows = <const floating**>&slots[0]
-    cdef Py_ssize_t tn_bytes = tn_scratch_bytes(&net, batch_size, sizeof(floating))
+    # (the fused kernel takes batches of at most fused_max_rows rows: a few KiB per task)
+    cdef Py_ssize_t tn_bytes = tn_scratch_bytes(&net, min(batch_size, max(stop - start, 1)),
+                                                sizeof(floating), mode)
     cdef unsigned char[::1] tn_buf = np.empty(tn_bytes * MAX_TASKS + 64, dtype=np.uint8)
     cdef char* tn_scratch = <char*>(((<size_t>&tn_buf[0]) + 63) // 64 * 64)
     cdef double loss = 0, l2_b, wn = 0
