@@ -367,42 +367,105 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, T *s, int mode, T eta
  * in registers and applied at once. mode: 0 plain (V, S unused), 1 momentum,
  * 2 Nesterov (S unused), 3 Adam (constants in ac); l2 multiplies W (pass 0 for biases).
  * Returns 1 if a new value is not finite. */
+/* pack the strip when at least this many 4-row blocks reuse it, or the batch has at least
+ * this many rows (their strips then outgrow L1 when read in place) */
+#ifndef TN_PACK_MIN_BLOCKS
+#define TN_PACK_MIN_BLOCKS 4
+#endif
+#ifndef TN_PACK_MIN_ROWS
+#define TN_PACK_MIN_ROWS 32
+#endif
+
+/* The update phase of a block: its constants and accumulators, folded into memory after */
+#define TN_UPDATE_LOCALS                                                                   \
+    VT ee = VSET1(eta), mm = VSET1(mu), ll = VSET1(l2), cc = VSET1(1 - eta * l2);           \
+    VT chk = VZERO();                                                                      \
+    __m256d sqa = _mm256_setzero_pd()
+#define TN_UPDATE_FOLD                                                                     \
+    do {                                                                                   \
+        VSTORE(chk_acc, VADD(VLOAD(chk_acc), chk));                                        \
+        if (wsq) _mm256_storeu_pd(sq_acc, _mm256_add_pd(_mm256_loadu_pd(sq_acc), sqa));     \
+    } while (0)
+
 /* The 4 x NV block of the weight gradient g[r][v] = sum_i Dp[i][r] Ap[i][v] (NV vectors of
  * columns, rows r < 4) over the packed operands (both contiguous: every load hits L1), then
  * the update of W's block at p (row stride ldw; velocity at V's, second moment at S's). */
-#define TN_BLOCK(NV)                                                                       \
+/* The gradient sums of a 4 x NV block over the batch, in named registers (an array of
+ * accumulators lets the compiler spill one into memory inside the loop): rows r < 4 of the
+ * block, vectors v < NV; A row i's strip at SRC(i, NV), D's four values at dp + 4 i. */
+#define TN_SUMS_3(SRC)                                                                     \
+    VT g00 = VZERO(), g01 = VZERO(), g02 = VZERO(), g10 = VZERO(), g11 = VZERO(), g12 = VZERO(); \
+    VT g20 = VZERO(), g21 = VZERO(), g22 = VZERO(), g30 = VZERO(), g31 = VZERO(), g32 = VZERO(); \
+    for (i = 0; i < m; i++) {                                                              \
+        const T *ai_ = SRC(i, 3), *di_ = dp + 4 * i;                                       \
+        VT a0 = VLOAD(ai_), a1 = VLOAD(ai_ + VL), a2 = VLOAD(ai_ + 2 * VL);                \
+        VT dd = VSET1(di_[0]);                                                             \
+        g00 = VFMA(dd, a0, g00); g01 = VFMA(dd, a1, g01); g02 = VFMA(dd, a2, g02);         \
+        dd = VSET1(di_[1]);                                                                \
+        g10 = VFMA(dd, a0, g10); g11 = VFMA(dd, a1, g11); g12 = VFMA(dd, a2, g12);         \
+        dd = VSET1(di_[2]);                                                                \
+        g20 = VFMA(dd, a0, g20); g21 = VFMA(dd, a1, g21); g22 = VFMA(dd, a2, g22);         \
+        dd = VSET1(di_[3]);                                                                \
+        g30 = VFMA(dd, a0, g30); g31 = VFMA(dd, a1, g31); g32 = VFMA(dd, a2, g32);         \
+    }                                                                                      \
+    VT g_[4][3] = {{g00, g01, g02}, {g10, g11, g12}, {g20, g21, g22}, {g30, g31, g32}}
+#define TN_SUMS_2(SRC)                                                                     \
+    VT g00 = VZERO(), g01 = VZERO(), g10 = VZERO(), g11 = VZERO();                         \
+    VT g20 = VZERO(), g21 = VZERO(), g30 = VZERO(), g31 = VZERO();                         \
+    for (i = 0; i < m; i++) {                                                              \
+        const T *ai_ = SRC(i, 2), *di_ = dp + 4 * i;                                       \
+        VT a0 = VLOAD(ai_), a1 = VLOAD(ai_ + VL);                                          \
+        VT d0 = VSET1(di_[0]), d1 = VSET1(di_[1]), d2 = VSET1(di_[2]), d3 = VSET1(di_[3]); \
+        g00 = VFMA(d0, a0, g00); g01 = VFMA(d0, a1, g01);                                  \
+        g10 = VFMA(d1, a0, g10); g11 = VFMA(d1, a1, g11);                                  \
+        g20 = VFMA(d2, a0, g20); g21 = VFMA(d2, a1, g21);                                  \
+        g30 = VFMA(d3, a0, g30); g31 = VFMA(d3, a1, g31);                                  \
+    }                                                                                      \
+    VT g_[4][2] = {{g00, g01}, {g10, g11}, {g20, g21}, {g30, g31}}
+#define TN_SUMS_1(SRC)                                                                     \
+    VT g00 = VZERO(), g10 = VZERO(), g20 = VZERO(), g30 = VZERO();                         \
+    for (i = 0; i < m; i++) {                                                              \
+        const T *di_ = dp + 4 * i;                                                         \
+        VT a0 = VLOAD(SRC(i, 1));                                                          \
+        g00 = VFMA(VSET1(di_[0]), a0, g00); g10 = VFMA(VSET1(di_[1]), a0, g10);            \
+        g20 = VFMA(VSET1(di_[2]), a0, g20); g30 = VFMA(VSET1(di_[3]), a0, g30);            \
+    }                                                                                      \
+    VT g_[4][1] = {{g00}, {g10}, {g20}, {g30}}
+
+/* The 4 x NV block of the weight gradient g[r][v] = sum_i D[i][j + r] A[i][kk + v VL] over
+ * the batch, then the update of W's block (row stride ldw; velocity at V's, second moment
+ * at S's), its constants and accumulators local to the update */
+#define TN_BLOCK(NV, SRC)                                                                  \
     do {                                                                                   \
-        VT g_[4][NV];                                                                      \
-        int rx_, vx_;                                                                        \
-        for (rx_ = 0; rx_ < 4; rx_++)                                                         \
-            for (vx_ = 0; vx_ < NV; vx_++) g_[rx_][vx_] = VZERO();                              \
-        for (i = 0; i < m; i++) {                                                          \
-            const T *ai_ = Ap + i * NV * VL, *di_ = dp + 4 * i;                            \
-            VT a_[NV];                                                                     \
-            for (vx_ = 0; vx_ < NV; vx_++) a_[vx_] = VLOAD(ai_ + vx_ * VL);                     \
-            for (rx_ = 0; rx_ < 4; rx_++) {                                                   \
-                VT dd_ = VSET1(di_[rx_]);                                                   \
-                for (vx_ = 0; vx_ < NV; vx_++) g_[rx_][vx_] = VFMA(dd_, a_[vx_], g_[rx_][vx_]);     \
-            }                                                                              \
+        int rx_, vx_;                                                                      \
+        TN_SUMS_##NV(SRC);                                                                 \
+        {                                                                                  \
+            TN_UPDATE_LOCALS;                                                              \
+            for (rx_ = 0; rx_ < 4; rx_++)                                                  \
+                for (vx_ = 0; vx_ < NV; vx_++)                                             \
+                    UPDATE_VEC_ANY(PV(j + rx_, kk + vx_ * VL), g_[rx_][vx_],                \
+                                   VV(j + rx_, kk + vx_ * VL), SV(j + rx_, kk + vx_ * VL), chk); \
+            TN_UPDATE_FOLD;                                                                \
         }                                                                                  \
-        for (rx_ = 0; rx_ < 4; rx_++)                                                         \
-            for (vx_ = 0; vx_ < NV; vx_++)                                                    \
-                UPDATE_VEC_ANY(PV(j + rx_, kk + vx_ * VL), g_[rx_][vx_], VV(j + rx_, kk + vx_ * VL), \
-                               SV(j + rx_, kk + vx_ * VL), chk);                             \
     } while (0)
 
 /* one row of W (j), NV vectors: g[v] = sum_i D[i][j] Ap[i][v], D's column packed at dp */
-#define TN_ROW(NV)                                                                         \
+#define TN_ROW(NV, SRC)                                                                    \
     do {                                                                                   \
         VT g_[NV];                                                                         \
         int vx_;                                                                            \
         for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VZERO();                                      \
         for (i = 0; i < m; i++) {                                                          \
             VT dd_ = VSET1(dp[i]);                                                         \
-            for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VFMA(dd_, VLOAD(Ap + i * NV * VL + vx_ * VL), g_[vx_]); \
+            for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VFMA(dd_, VLOAD(SRC(i, NV) + vx_ * VL), g_[vx_]); \
         }                                                                                  \
-        for (vx_ = 0; vx_ < NV; vx_++)                                                        \
-            UPDATE_VEC_ANY(PV(j, kk + vx_ * VL), g_[vx_], VV(j, kk + vx_ * VL), SV(j, kk + vx_ * VL), chk); \
+        {                                                                                  \
+            TN_UPDATE_LOCALS;                                                              \
+            for (vx_ = 0; vx_ < NV; vx_++)                                                 \
+                UPDATE_VEC_ANY(PV(j, kk + vx_ * VL), g_[vx_], VV(j, kk + vx_ * VL),         \
+                               SV(j, kk + vx_ * VL), chk);                                 \
+            TN_UPDATE_FOLD;                                                                \
+        }                                                                                  \
     } while (0)
 
 /* the batch's strip of NV vectors of columns from kk on, packed row after row into Ap */
@@ -415,13 +478,18 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, T *s, int mode, T eta
         }                                                                                  \
     } while (0)
 
-/* The strip loop for NV vectors: pack, then every 4-row block of W and the rows left */
+/* where row i of the strip is read: packed, or in place */
+#define TN_PACKED(i, NV) (Ap + (i) * NV * VL)
+#define TN_INPLACE(i, NV) (Ar[i] + a_off + kk)
+
+/* The strip loop for NV vectors: the strip packed, then every 4-row block of W and the
+ * rows left over */
 #define TN_STRIPS(NV)                                                                      \
     for (; kk + NV * VL <= kv; kk += NV * VL) {                                            \
         const T *dp;                                                                       \
         TN_PACK(NV);                                                                       \
-        for (j = 0, dp = Dp; j < n4; j += 4, dp += 4 * m) TN_BLOCK(NV);                    \
-        for (; j < n; j++, dp += m) TN_ROW(NV);                                            \
+        for (j = 0, dp = Dp; j < n4; j += 4, dp += 4 * m) TN_BLOCK(NV, TN_PACKED);         \
+        for (; j < n; j++, dp += m) TN_ROW(NV, TN_PACKED);                                 \
     }
 
 /* Bytes of scratch small_tn_update needs for m rows and n rows of W (the packed delta and a
@@ -448,12 +516,17 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
                                                 double *wsq)
 {
     Py_ssize_t i, j, c, kk = 0, kv = k - k % VL, n4 = n - n % 4;
-    VT ee = VSET1(eta), mm = VSET1(mu), ll = VSET1(l2), cc = VSET1(1 - eta * l2);
-    VT chk = VZERO();
-    __m256d sqa = _mm256_setzero_pd();
+    /* Nothing but a block's accumulators may stay in registers across its loop over the
+     * batch (16 ymm registers: 12 sums, 3 loads, 1 broadcast): the update's constants and
+     * the finiteness and sum-of-squares accumulators live in memory between blocks. */
+    T chk_acc[VL];
+    double sq_acc[4];
     double sqs = 0;
     int bad = 0;
     T *Dp = (T *)scratch, *Ap = (T *)((char *)scratch + (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64);
+    const int pack = n >= 4 * TN_PACK_MIN_BLOCKS || m >= TN_PACK_MIN_ROWS;
+    VSTORE(chk_acc, VZERO());
+    _mm256_storeu_pd(sq_acc, _mm256_setzero_pd());
     /* W's element (j, c) and its moments: p, v, s (S is read only in mode 3) */
 #define PV(j, c) (W + (j) * ldw + (c))
 #define VV(j, c) (V + (j) * ldw + (c))
@@ -464,9 +537,29 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
             for (c = 0; c < 4; c++) Dp[j * m + 4 * i + c] = D[i * ldd + j + c];
     for (; j < n; j++)
         for (i = 0; i < m; i++) Dp[j * m + i] = D[i * ldd + j];
-    TN_STRIPS(3)
-    TN_STRIPS(2)
-    TN_STRIPS(1)
+    if (pack) {
+        TN_STRIPS(3)
+        TN_STRIPS(2)
+        TN_STRIPS(1)
+    } else {
+        /* Small batch, few rows of W: tiles of the batch's columns (in L1), and in each the
+         * rows of W one 4-row block at a time along the tile (sequential in W and V). */
+        Py_ssize_t t0, te;
+        const T *dp;
+        for (t0 = 0; t0 < kv; t0 = te) {
+            te = kv - t0 < FASTNN_KTILE ? kv : t0 + FASTNN_KTILE;
+            for (j = 0, dp = Dp; j < n4; j += 4, dp += 4 * m) {
+                for (kk = t0; kk + 3 * VL <= te; kk += 3 * VL) TN_BLOCK(3, TN_INPLACE);
+                for (; kk + 2 * VL <= te; kk += 2 * VL) TN_BLOCK(2, TN_INPLACE);
+                for (; kk < te; kk += VL) TN_BLOCK(1, TN_INPLACE);
+            }
+            for (; j < n; j++, dp += m) {
+                for (kk = t0; kk + 3 * VL <= te; kk += 3 * VL) TN_ROW(3, TN_INPLACE);
+                for (; kk + 2 * VL <= te; kk += 2 * VL) TN_ROW(2, TN_INPLACE);
+                for (; kk < te; kk += VL) TN_ROW(1, TN_INPLACE);
+            }
+        }
+    }
     /* columns past the last full vector */
     for (j = 0; j < n; j++) {
         for (kk = kv; kk < k; kk++) {
@@ -479,9 +572,9 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
 #undef PV
 #undef VV
 #undef SV
-    if (wsq) *wsq = fastnn_hsum_d(sqa) + sqs;
+    if (wsq) *wsq = fastnn_hsum_d(_mm256_loadu_pd(sq_acc)) + sqs;
     {
-        T cs = HSUM(chk);
+        T cs = HSUM(VLOAD(chk_acc));
         bad |= !(cs == 0);
     }
     return bad;
@@ -490,6 +583,13 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
 #undef TN_ROW
 #undef TN_PACK
 #undef TN_STRIPS
+#undef TN_SUMS_3
+#undef TN_SUMS_2
+#undef TN_SUMS_1
+#undef TN_UPDATE_LOCALS
+#undef TN_UPDATE_FOLD
+#undef TN_PACKED
+#undef TN_INPLACE
 
 /* The update rule over a segment of n parameters, vectorized, with the same arithmetic
  * as update_segment in _core.pyx (which documents the rules; mode 3 is Adam, with
