@@ -196,7 +196,7 @@ def set_split_thresholds(Py_ssize_t min_macs, Py_ssize_t min_task_macs_):
 
 cdef extern from "_sparse.h" nogil:
     int fastnn_sparse_available()
-    Py_ssize_t sparse_scratch_bytes(Py_ssize_t k, Py_ssize_t ldw, Py_ssize_t item)
+    Py_ssize_t sparse_scratch_bytes(Py_ssize_t ldw, Py_ssize_t item)
     void sparse_nt_s(const float** Ar, Py_ssize_t m, Py_ssize_t k, const float* Wt,
                      Py_ssize_t ldw, Py_ssize_t n, float* Z, Py_ssize_t ldz, void* scratch)
     void sparse_nt_d(const double** Ar, Py_ssize_t m, Py_ssize_t k, const double* Wt,
@@ -1354,7 +1354,7 @@ cdef SparseInput* plan_sparse(SparseInput* sp, const Net* net, const floating[::
     for o in range(n_out):
         for j in range(n_in):
             wt[j, o] = params[o * n_in + j]
-    sp.scratch_bytes = (sparse_scratch_bytes(n_in, sp.ldw, sizeof(floating)) + 63) // 64 * 64
+    sp.scratch_bytes = (sparse_scratch_bytes(sp.ldw, sizeof(floating)) + 63) // 64 * 64
     scratch = np.empty(sp.scratch_bytes * MAX_TASKS, dtype=np.uint8)
     keep.extend((wt, scratch))
     sp.wt = <const void*>&wt[0, 0]

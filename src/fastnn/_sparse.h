@@ -36,14 +36,7 @@
 #endif
 #define SPARSE_NVMAX 13
 
-/* bytes of scratch a task needs for sparse_nt / sparse_tn with this k, ldw and item size */
-static Py_ssize_t sparse_fwd_rows_per_block(Py_ssize_t ldw, Py_ssize_t item)
-{
-    (void)ldw; (void)item;
-    return SPARSE_FWD_ROWS;
-}
-
-/* Wt rows per L1 block (a multiple of 8, at least 8) */
+/* Wt rows (forward) or batch rows (gradient) per L1 block: a multiple of 8, at least 8 */
 static Py_ssize_t sparse_block(Py_ssize_t ldw, Py_ssize_t item)
 {
     Py_ssize_t b = SPARSE_L1_BYTES / (ldw * item);
@@ -51,12 +44,14 @@ static Py_ssize_t sparse_block(Py_ssize_t ldw, Py_ssize_t item)
     return b < 8 ? 8 : b;
 }
 
-static Py_ssize_t sparse_scratch_bytes(Py_ssize_t k, Py_ssize_t ldw, Py_ssize_t item)
+/* bytes of scratch a task needs for sparse_nt / sparse_tn with this ldw and item size:
+ * sparse_nt's row block of sums and index lists, or sparse_tn's block of the delta, its
+ * 8-column panel and index lists */
+static Py_ssize_t sparse_scratch_bytes(Py_ssize_t ldw, Py_ssize_t item)
 {
-    Py_ssize_t J = sparse_block(ldw, item), RB = sparse_fwd_rows_per_block(ldw, item);
+    Py_ssize_t J = sparse_block(ldw, item), RB = SPARSE_FWD_ROWS;
     Py_ssize_t fwd = RB * ldw * item + RB * (J + 8) * 4;
     Py_ssize_t tn = J * ldw * item + 8 * J * item + 8 * (J + 8) * 4;
-    (void)k;
     return (fwd > tn ? fwd : tn) + 128;
 }
 

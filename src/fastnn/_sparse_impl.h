@@ -144,7 +144,7 @@ FASTNN_SPARSE_FN static FASTNN_INLINE void CAT(sparse_panel, SFX)(const T *const
 /* Z[i, 0:n] = sum_{j < k, a_ij != 0} a_ij Wt[j, 0:n] for the m rows a_i = Ar[i] (row
  * stride of Z: ldz). Wt is W^T, k x ldw, ldw a multiple of VL (columns n..ldw are read
  * and dropped). Blocks of SPARSE_FWD_ROWS rows accumulate in scratch while the Wt rows of
- * an L1 block pass by; scratch holds sparse_scratch_bytes(k, ldw, sizeof(T)) bytes. */
+ * an L1 block pass by; scratch holds sparse_scratch_bytes(ldw, sizeof(T)) bytes. */
 FASTNN_SPARSE_FN static void CAT(sparse_nt, SFX)(const T *const *Ar, Py_ssize_t m, Py_ssize_t k,
                                                 const T *Wt, Py_ssize_t ldw, Py_ssize_t n, T *Z,
                                                 Py_ssize_t ldz, void *scratch)
