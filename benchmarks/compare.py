@@ -652,6 +652,8 @@ def run_config(name, X32, y, args, impls):
         threads = threads or ad.blas_threads
         tries = 0
         while True:
+            if args.settle > 0:
+                time.sleep(args.settle)
             if args.wait_idle > 0:
                 wait_idle(args.wait_idle)
             c0 = _cpu_seconds()
@@ -786,6 +788,11 @@ def main(argv=None):
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                    help="before the thread tuning and before each timed epoch, wait up to "
                         "SECONDS for other processes to leave the CPUs idle (default 0)")
+    p.add_argument("--settle", type=float, default=0.3, metavar="SECONDS",
+                   help="sleep before each timed epoch, so that the spinning of the previous "
+                        "implementation's idle BLAS/OpenMP threads (OpenBLAS spins about "
+                        "0.1 s after each multi-threaded call) does not land on the next "
+                        "one's epoch (default 0.3)")
     p.add_argument("--retries", type=int, default=3,
                    help="times to redo an epoch (or thread probe) during which other "
                         "processes took > 5 %% of the machine (default 3)")

@@ -53,9 +53,14 @@ def _load(dtype, samples):
     return np.ascontiguousarray(X[:samples]), y[:samples]
 
 
-def _time_fit(cls, params, X, y):
+def _time_fit(cls, params, X, y, settle=0.0):
+    """(seconds, CPU seconds, fitted estimator) of one fit, after ``settle`` seconds of sleep
+    (so the other library's idle BLAS threads, which spin about 0.1 s after each
+    multi-threaded call, have stopped before the clock starts)."""
     from sklearn.exceptions import ConvergenceWarning
     est = cls(**params)
+    if settle > 0:
+        time.sleep(settle)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -69,7 +74,7 @@ def _max_rel(a_list, b_list):
                for a, b in zip(a_list, b_list))
 
 
-def run(configs, epochs, repeats, samples):
+def run(configs, epochs, repeats, samples, settle=0.3):
     import sklearn
     from sklearn.neural_network import MLPClassifier as SkMLP
     import fastnn
@@ -89,7 +94,7 @@ def run(configs, epochs, repeats, samples):
         _time_fit(FastMLP, dict(params, max_iter=1), X[:2000], y[:2000])
         for _ in range(repeats):
             for label, cls in (("fastnn", FastMLP), ("sklearn", SkMLP)):
-                seconds, cpu, models[label] = _time_fit(cls, params, X, y)
+                seconds, cpu, models[label] = _time_fit(cls, params, X, y, settle)
                 times[label].append(seconds / epochs)
                 cpus[label].append(cpu / epochs)
                 print(f"  {name} {label:8s} {seconds / epochs:8.3f} s/epoch "
@@ -133,6 +138,8 @@ def main(argv=None):
                     help="rows of Fashion-MNIST to train on (default: per configuration)")
     ap.add_argument("--threads", type=int, default=None,
                     help="limit the BLAS threads of both libraries (default: BLAS's own setting)")
+    ap.add_argument("--settle", type=float, default=0.3, metavar="SECONDS",
+                    help="sleep before each timed fit (default 0.3; see _time_fit)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -148,7 +155,7 @@ def main(argv=None):
     try:
         with threadpool_limits(args.threads, user_api="blas"):
             threads = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
-            header, rows = run(configs, args.epochs, args.repeats, args.samples)
+            header, rows = run(configs, args.epochs, args.repeats, args.samples, args.settle)
     except FileNotFoundError as exc:
         sys.exit(str(exc))
     header += f", BLAS threads {threads}"

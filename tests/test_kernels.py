@@ -330,3 +330,21 @@ def test_vector_exp_agrees_with_libm_and_keeps_nan_and_extremes(dtype, output):
     assert ((a[:-1] >= 0) & (a[:-1] <= 1)).all()
     if output == "softmax":
         np.testing.assert_allclose(a[:-1].sum(axis=1), 1, rtol=8 * eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_weights_norm2_is_the_sum_of_squares_of_the_weights_only(dtype, threads):
+    """sum_l ||W_l||^2 in double over the weights (never the biases), any thread count."""
+    old = fastnn.get_num_threads(), _core.set_split_thresholds(0, 1)
+    try:
+        fastnn.set_num_threads(threads)
+        net = fastnn.Network([300, 170, 9, 4], dtype=dtype, seed=5)
+        net.biases[0][:] = 1e6  # would dominate if biases were counted
+        want = sum(float(np.sum(W.astype(np.float64) ** 2)) for W in net.weights)
+        got = _core.weights_norm2(net._sizes_c, net._acts_c, net._cost_c, net.params)
+        assert abs(got - want) <= 1e-13 * want
+        assert net._l2_norm2() == got
+    finally:
+        fastnn.set_num_threads(old[0])
+        _core.set_split_thresholds(*old[1])

@@ -370,12 +370,15 @@ cdef int run_job(Job* job) noexcept nogil:
         job.split = n_in if job.by_cols else m
         job.unit = 8 if job.by_cols else 1
     else:
-        # The fused kernel splits W by rows, as the forward product does (when it splits
-        # by W's rows): then each task, and so each thread, keeps its block of W and of the
-        # velocity in its own cache from step to step. BLAS splits so that the operand each
-        # task packs is the smaller one.
+        # Each task owns a fixed block of W (and of its velocity), so each thread keeps it
+        # in its own cache from step to step. The fused kernel takes blocks of W's rows for
+        # small batches (it reads the batch in place) and blocks of W's columns for batches
+        # it packs (see fused_split_cols). BLAS splits so that the operand each task packs
+        # is the smaller one.
         job.by_cols = n_out < 8 or (not (job.kind == JOB_GRAD_UPDATE and job.small)
-                                    and n_out <= n_in)
+                                    and n_out <= n_in) or (
+            job.kind == JOB_GRAD_UPDATE and job.small and fused_split_cols and n_in >= n_out
+            and m >= FUSED_COLS_MIN_ROWS)
         job.split = n_in if job.by_cols else n_out
         # whole pairs of vectors of the fused kernel; whole 4-row blocks of W
         job.unit = 16 if job.by_cols else 4
@@ -1060,6 +1063,24 @@ cdef enum:
     FUSED_MAX_MACS = 1 << 24
 
 
+# With batches large enough for the fused kernel to pack the batch's strips (at least
+# TN_PACK_MIN_ROWS rows), its tasks split W by columns: each task then packs and reads only
+# its columns of the batch. Split by W's rows, every task packed and read all of them
+# (measured on C2/C3 of benchmarks/compare.py with 2 threads: 13-14 % less time per epoch).
+cdef enum:
+    FUSED_COLS_MIN_ROWS = 32
+cdef bint fused_split_cols = True
+
+
+def set_fused_split_cols(bint on):
+    """Let the fused kernel split W by columns between its tasks for batches of at least
+    32 rows (else always by rows); returns the old value. For tests and benchmarks."""
+    global fused_split_cols
+    old = fused_split_cols
+    fused_split_cols = on
+    return old
+
+
 # Adam takes the fused kernel too (its two moments updated in the same pass)
 cdef bint fused_adam = True
 
@@ -1626,6 +1647,21 @@ cdef double weight_norm2(const Net* net, const floating* params) noexcept nogil:
     for t in range(nj.ntasks):
         acc += nj.part[t]
     return acc
+
+
+def weights_norm2(const int[::1] sizes, const int[::1] acts, int cost,
+                  const floating[::1] params):
+    """sum_l ||W_l||^2 over the weights in ``params`` (biases excluded), in double.
+
+    Computed by fastnn's own threads (``weight_norm2``), never by BLAS: a BLAS dot
+    product of a few tens of thousands of elements wakes OpenBLAS's threads, which
+    then spin for about 0.1 s on the cores the next training steps need."""
+    cdef Net net
+    make_net(&net, sizes, acts, cost)
+    cdef double out
+    with nogil:
+        out = weight_norm2(&net, &params[0])
+    return out
 
 
 def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
