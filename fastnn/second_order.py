@@ -33,6 +33,7 @@ import numpy as np
 from fastnn import curvature
 from fastnn._validation import check_int, check_real, check_seed
 from fastnn.training import History, TrainingDiverged, _format_row
+from fastnn.threads import blas_limit, kernel_blas
 
 __all__ = ["Newton", "HessianFree", "ConjugateGradient", "BFGS", "LBFGS"]
 
@@ -548,6 +549,12 @@ class _ScipyMethod:
 
     method = None
     name = None
+    # Hold BLAS to one thread for the whole minimization while fastnn's kernels use more:
+    # the method's own vector operations are tiny, and a multi-threaded BLAS call between
+    # two evaluations leaves OpenBLAS's worker spinning (about 0.1 s) on the core the next
+    # evaluation needs (LBFGS on [784, 100, 10] x 50 000 images: 30 % less time per
+    # iteration). BFGS keeps BLAS's threads for its P x P products.
+    limit_blas = True
 
     def __init__(self, gtol=1e-5, **options):
         self.gtol = check_real(gtol, "gtol", owner=self.name, low=0.0)
@@ -610,8 +617,9 @@ class _ScipyMethod:
         x0 = net.params.astype(np.float64)
         run.restart_clock()
         try:
-            res = minimize(fun, x0, jac=True, method=self.method, callback=callback,
-                           options=self._scipy_options(epochs, net.n_params))
+            with kernel_blas() if self.limit_blas else blas_limit(None):
+                res = minimize(fun, x0, jac=True, method=self.method, callback=callback,
+                               options=self._scipy_options(epochs, net.n_params))
             x_final = res.x
             self.result_ = res
         except _StopFit:
@@ -649,6 +657,7 @@ class BFGS(_ScipyMethod):
     """
     method = "BFGS"
     name = "BFGS"
+    limit_blas = False
 
     def __init__(self, gtol=1e-5, max_bytes=None, **options):
         super().__init__(gtol, **options)

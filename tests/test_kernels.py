@@ -179,10 +179,22 @@ def test_feedforward_kernel_directly_matches_numpy():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("small", [True, False], ids=["small-kernels", "blas"])
+@pytest.mark.parametrize("small", ["tiled", "row-blocks", "default", "blas"])
 def test_forward_kernel_every_batch_size_and_odd_widths(dtype, small):
     """Chunks of 1..21 rows through layers whose widths are not multiples of the kernels'
-    blocks (4 rows, 2 or 4 columns, vectors of 4 or 8, tiles of 256 inputs)."""
+    blocks (4 rows, 2 or 4 columns, vectors of 4 or 8, tiles of 256 inputs), with the small
+    forward kernel's k-tiled variant for every chunk up to 16 rows, its row-block variant
+    from 1 row up, the default choice, or BLAS."""
+    tiled = {"tiled": (16, 16), "row-blocks": (0, 0)}.get(small)
+    old_tiled = _core.set_tiled_max_rows(*tiled) if tiled else None
+    try:
+        _forward_every_batch_size(dtype, small != "blas")
+    finally:
+        if old_tiled:
+            _core.set_tiled_max_rows(*old_tiled)
+
+
+def _forward_every_batch_size(dtype, small):
     sizes = [301, 37, 23, 5]
     net = fastnn.Network(sizes, hidden=["sigmoid", "relu"], output="softmax", cost="log-likelihood",
                          dtype=dtype, seed=3)

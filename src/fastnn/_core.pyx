@@ -996,6 +996,19 @@ cdef extern from "_small.h" nogil:
                           const adam_consts_s* ac, void* scratch, double* wsq)
     Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n)
     Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n)
+    int fastnn_nt_tiled_rows_s
+    int fastnn_nt_tiled_rows_d
+
+
+def set_tiled_max_rows(int float32_rows, int float64_rows):
+    """Largest batch for which the small forward kernel reads W once per call (k-tiled)
+    instead of once per 4 rows, per dtype; returns the old (float32, float64) pair. For
+    tests and benchmarks."""
+    global fastnn_nt_tiled_rows_s, fastnn_nt_tiled_rows_d
+    old = (fastnn_nt_tiled_rows_s, fastnn_nt_tiled_rows_d)
+    fastnn_nt_tiled_rows_s = float32_rows
+    fastnn_nt_tiled_rows_d = float64_rows
+    return old
 
 # With AVX2 and FMA, batches of at most small_max_rows rows compute their
 # forward products with the small-batch kernels of _small.h, and batches of at

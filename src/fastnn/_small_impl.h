@@ -283,7 +283,7 @@ FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, 
 static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t ldz)
 {
-    if (m <= FASTNN_TILED_MAX_ROWS)
+    if (m <= CAT(fastnn_nt_tiled_rows, SFX))
         CAT(small_nt_tiled, SFX)(Ar, W, Z, m, n, k, ldz);
     else
         CAT(small_nt_rows, SFX)(Ar, W, Z, m, n, k, ldz);
