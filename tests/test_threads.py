@@ -115,6 +115,35 @@ def test_fused_kernel_split_by_columns_equals_split_by_rows(split_everything, dt
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("split", ["w-rows", "batch-rows"])
+@pytest.mark.parametrize("tasks", ["one-per-thread", "two-per-thread"])
+def test_forward_split_and_task_count_choices_train_like_the_reference(split_everything, dtype,
+                                                                      threads, split, tasks):
+    """The forward product split by W's rows (as for a W larger than L2) or by the batch's
+    rows, one or two tasks per thread: each trains as the NumPy engine does. A batch of 67
+    rows (more than W's 50 rows, not a multiple of 4) and a last one of 33."""
+    fastnn.set_num_threads(threads)
+    X, y = make_data(201, 90, 7, seed=51)
+    sizes = [90, 50, 7]
+    old = (_core.set_forward_split_bytes(0 if split == "w-rows" else 1 << 60),
+           _core.set_task_split(2, 0 if tasks == "one-per-thread" else 1 << 60))
+    try:
+        nets = []
+        for engine in ("cython", "numpy"):
+            net = fastnn.Network(sizes, hidden="tanh", output="softmax", cost="log-likelihood",
+                                 dtype=dtype, seed=52)
+            net.fit(X, y, epochs=2, batch_size=67, optimizer=fastnn.SGD(eta=0.2, momentum=0.9),
+                    lmbda=0.5, seed=53, engine=engine, monitor_training=False)
+            nets.append(net)
+    finally:
+        _core.set_forward_split_bytes(old[0])
+        _core.set_task_split(*old[1])
+    assert_close(nets[0].params, nets[1].params, dtype, "params against the NumPy engine")
+    assert np.max(np.abs(nets[0].params - fastnn.Network(sizes, dtype=dtype, seed=52).params)) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_evaluation_and_gradient_agree_across_thread_counts(split_everything, dtype):
     X, y = make_data(300, SIZES[0], SIZES[-1], seed=21)
     net = fastnn.Network(SIZES, hidden=["sigmoid", "relu"], output="softmax", cost="log-likelihood",
@@ -248,15 +277,20 @@ def test_every_task_of_a_pooled_region_runs_exactly_once(split_everything):
     X = np.random.default_rng(0).random((64 * 50, 784), dtype=np.float32)
     out = np.empty((X.shape[0], 10), np.float32)
     work = np.empty(_core.workspace_size(net._sizes_c, 64), np.float32)
-    # BLAS splits a product into one task per thread, fastnn's own kernels into two per thread
-    for small_rows, per_chunk in ((0, 2), (1 << 30, 4)):
+    # BLAS splits a product into one task per thread; fastnn's own kernels into two per
+    # thread below one_task_min_macs (64 x 784 x 100 is above the default) and one above
+    for small_rows, one_task_min_macs, per_chunk in ((0, None, 2), (1 << 30, None, 2),
+                                                     (1 << 30, 1 << 60, 4)):
         old = _core.set_small_max_rows(small_rows)
+        old_split = _core.set_task_split(2, one_task_min_macs) if one_task_min_macs else None
         try:
             before = _core.pool_tasks_run()
             _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, 64)
             after = _core.pool_tasks_run()
         finally:
             _core.set_small_max_rows(old)
+            if old_split:
+                _core.set_task_split(*old_split)
         assert (after[0] - before[0]) + (after[1] - before[1]) == per_chunk * 50
         np.testing.assert_allclose(out, net.feedforward(X), rtol=1e-4, atol=1e-6)  # other blocks
 

@@ -176,12 +176,26 @@ cdef enum:
     MAX_TASKS = 32      # FASTNN_POOL_MAX_TASKS
 
 # A region is split only when its product has at least par_min_macs
-# multiply-adds, into tasks of at least min_task_macs, TASKS_PER_THREAD per
-# thread (so a thread that starts late, or not at all, costs little).
+# multiply-adds, into tasks of at least min_task_macs. fastnn's own kernels take
+# tasks_per_thread tasks per thread (so a thread that starts late, or not at all,
+# costs little) below one_task_min_macs multiply-adds, and one per thread from
+# there: each task then reads the batch, and its share of W stays in one core's
+# L2 (S1 of benchmarks/sklearn_compare.py: 7 % less time per epoch; C2, C3 4 %).
 cdef Py_ssize_t par_min_macs = 1 << 16
 cdef Py_ssize_t min_task_macs = 1 << 14
-cdef enum:
-    TASKS_PER_THREAD = 2
+cdef Py_ssize_t tasks_per_thread = 2
+cdef Py_ssize_t one_task_min_macs = 1 << 21
+
+
+def set_task_split(Py_ssize_t per_thread, Py_ssize_t one_task_min_macs_):
+    """Set the tasks per thread of fastnn's own kernels and the region size (multiply-adds)
+    from which they take one task per thread; returns the old pair. For tests and
+    benchmarks."""
+    global tasks_per_thread, one_task_min_macs
+    old = (tasks_per_thread, one_task_min_macs)
+    tasks_per_thread = max(1, per_thread)
+    one_task_min_macs = max(0, one_task_min_macs_)
+    return old
 
 
 def set_split_thresholds(Py_ssize_t min_macs, Py_ssize_t min_task_macs_):
@@ -361,8 +375,11 @@ cdef int run_job(Job* job) noexcept nogil:
         macs = m * n_in * 16  # a copied element costs about as much as 16 multiply-adds
     elif job.kind == JOB_FORWARD:
         # softmax needs whole rows; the sparse kernel whole rows of the input
-        job.by_cols = (n_out > m and net.acts[job.l] != ACT_SOFTMAX
-                       and not sparse_layer(job))
+        # W's rows too when W is larger than a core's L2 can keep beside the batch: the
+        # row-block kernel streams its W once per 4 rows of the batch
+        job.by_cols = ((n_out > m or n_out * n_in * (4 if job.f32 else 8) > fwd_cols_min_w_bytes
+                        and n_out >= 16)
+                       and net.acts[job.l] != ACT_SOFTMAX and not sparse_layer(job))
         job.split = n_out if job.by_cols else m
         job.unit = 4 if job.by_cols else 1
     elif job.kind == JOB_DELTA:
@@ -391,7 +408,8 @@ cdef int run_job(Job* job) noexcept nogil:
         nt = 1
     else:
         # BLAS packs the shared operand once per task: one task per thread there
-        nt = min(threads * (TASKS_PER_THREAD if uses_own_kernels(job) else 1),
+        nt = min(threads * (tasks_per_thread if uses_own_kernels(job)
+                            and macs < one_task_min_macs else 1),
                  (job.split + job.unit - 1) // job.unit,
                  macs // min_task_macs, <Py_ssize_t>MAX_TASKS)
         nt = max(1, nt)
@@ -1082,6 +1100,17 @@ cdef enum:
 # (measured on C2/C3 of benchmarks/compare.py with 2 threads: 13-14 % less time per epoch).
 cdef enum:
     FUSED_COLS_MIN_ROWS = 32
+cdef Py_ssize_t fwd_cols_min_w_bytes = 256 * 1024
+
+
+def set_forward_split_bytes(Py_ssize_t nbytes):
+    """Size of W (bytes) above which the small forward kernel's tasks split W's rows
+    rather than the batch's (each task's block of W then stays in one core's L2); returns
+    the old value. For tests and benchmarks."""
+    global fwd_cols_min_w_bytes
+    old = fwd_cols_min_w_bytes
+    fwd_cols_min_w_bytes = nbytes
+    return old
 cdef bint fused_split_cols = True
 
 
