@@ -374,11 +374,14 @@ cdef int run_job(Job* job) noexcept nogil:
         job.unit = 1
         macs = m * n_in * 16  # a copied element costs about as much as 16 multiply-adds
     elif job.kind == JOB_FORWARD:
-        # softmax needs whole rows; the sparse kernel whole rows of the input
-        # W's rows too when W is larger than a core's L2 can keep beside the batch: the
-        # row-block kernel streams its W once per 4 rows of the batch
-        job.by_cols = ((n_out > m or n_out * n_in * (4 if job.f32 else 8) > fwd_cols_min_w_bytes
-                        and n_out >= 16)
+        # Blocks of W's rows (Z's columns) when W has more rows than the batch, and, for the
+        # small kernel, when W is larger than a core's L2 keeps beside the batch (its
+        # row-block variant streams its W once per 4 rows of the batch); else blocks of the
+        # batch's rows (BLAS packs the shared operand once per task: W, the smaller one).
+        # Softmax needs whole rows; the sparse kernel whole rows of the input.
+        job.by_cols = ((n_out > m
+                        or (job.small and n_out >= 16 and
+                            n_out * n_in * (4 if job.f32 else 8) > fwd_cols_min_w_bytes))
                        and net.acts[job.l] != ACT_SOFTMAX and not sparse_layer(job))
         job.split = n_out if job.by_cols else m
         job.unit = 4 if job.by_cols else 1
@@ -1078,6 +1081,22 @@ cdef inline bint small_layer(const Net* net, int l, Py_ssize_t m, size_t itemsiz
             <Py_ssize_t>net.sizes[l + 1] * net.sizes[l] * <Py_ssize_t>itemsize <= small_max_w_bytes)
 
 
+# The small forward kernel's tasks split W's rows rather than the batch's once W is
+# larger than this (each task's block of W then stays in one core's L2 while the batch
+# streams past it; S1 of benchmarks/sklearn_compare.py, 627 KiB of float64 W: 4 % less
+# time per epoch)
+cdef Py_ssize_t fwd_cols_min_w_bytes = 256 * 1024
+
+
+def set_forward_split_bytes(Py_ssize_t nbytes):
+    """Size of W (bytes) above which the small forward kernel's tasks split W's rows
+    rather than the batch's; returns the old value. For tests and benchmarks."""
+    global fwd_cols_min_w_bytes
+    old = fwd_cols_min_w_bytes
+    fwd_cols_min_w_bytes = nbytes
+    return old
+
+
 def set_small_max_w_bytes(Py_ssize_t nbytes):
     """Largest weight matrix (bytes) whose forward product may use the small-batch
     kernel; returns the old value."""
@@ -1097,20 +1116,9 @@ cdef enum:
 # With batches large enough for the fused kernel to pack the batch's strips (at least
 # TN_PACK_MIN_ROWS rows), its tasks split W by columns: each task then packs and reads only
 # its columns of the batch. Split by W's rows, every task packed and read all of them
-# (measured on C2/C3 of benchmarks/compare.py with 2 threads: 13-14 % less time per epoch).
+# (interleaved epochs with 2 threads: C2 14-19 %, C3 about 4 % less time per epoch).
 cdef enum:
     FUSED_COLS_MIN_ROWS = 32
-cdef Py_ssize_t fwd_cols_min_w_bytes = 256 * 1024
-
-
-def set_forward_split_bytes(Py_ssize_t nbytes):
-    """Size of W (bytes) above which the small forward kernel's tasks split W's rows
-    rather than the batch's (each task's block of W then stays in one core's L2); returns
-    the old value. For tests and benchmarks."""
-    global fwd_cols_min_w_bytes
-    old = fwd_cols_min_w_bytes
-    fwd_cols_min_w_bytes = nbytes
-    return old
 cdef bint fused_split_cols = True
 
 
