@@ -132,22 +132,24 @@ def test_wide_layers_step_for_step(mu, nesterov, update_path):
         assert max_rel(opt.velocity, ref_opt.velocity, floor=1e-300) < (1e-12 if mu else np.inf)
 
 
-def test_prefetch_switch_does_not_change_results():
+@pytest.mark.parametrize("sizes", [[6, 7, 3], [100, 7, 3]], ids=["rows-of-24-bytes", "rows-of-400-bytes"])
+def test_prefetch_switch_does_not_change_results(sizes):
+    """The next batch's rows prefetched (their first 128 bytes, the default; whole rows;
+    none) or not: the same bits."""
     from fastnn import _core
-    setter = getattr(_core, "set_prefetch", None)
-    if setter is None:
-        pytest.skip("this build has no prefetch switch")
-    X, y = make_data(50, 6, 3, seed=62)
+    X, y = make_data(50, sizes[0], 3, seed=62)
     results = []
-    for on in (True, False):
-        old = setter(on)
+    for on, nbytes in ((True, 128), (True, 1 << 20), (True, 0), (False, 128)):
+        old = _core.set_prefetch(on), _core.set_prefetch_bytes(nbytes)
         try:
-            net = fastnn.Network([6, 7, 3], seed=63)
+            net = fastnn.Network(sizes, seed=63)
             net.fit(X, y, epochs=2, batch_size=4, seed=1, optimizer=fastnn.SGD(eta=0.3, momentum=0.5))
             results.append(net.params)
         finally:
-            setter(old)
-    np.testing.assert_array_equal(results[0], results[1])
+            _core.set_prefetch(old[0])
+            _core.set_prefetch_bytes(old[1])
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
 
 
 @pytest.mark.parametrize("lmbda", [0.0, 3.0])
