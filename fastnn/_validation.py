@@ -63,10 +63,12 @@ def check_seed(seed, name="seed"):
     return int(seed)
 
 
-def check_X(X, n_features, dtype, name="X"):
+def check_X(X, n_features, dtype, name="X", finite=True):
     """X as a C-contiguous (n, n_features) array of ``dtype``, all finite.
 
-    A 1-D array of length n_features is one sample. Copies only when needed.
+    A 1-D array of length n_features is one sample. Copies only when needed. With
+    ``finite=False`` the values are not scanned: the caller must call ``check_finite``
+    (or prove finiteness otherwise) before it reports any result computed from them.
     """
     if hasattr(X, "toarray") and not isinstance(X, np.ndarray):
         raise TypeError(f"The {name!r} parameter must be a dense array; sparse input is "
@@ -90,13 +92,20 @@ def check_X(X, n_features, dtype, name="X"):
         raise ValueError(f"The {name!r} parameter must hold at least one sample. "
                          f"Got shape {arr.shape}.")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    # one pass, no temporary, rows split between the kernels' threads
+    if finite:
+        check_finite(arr, name)
+    return arr
+
+
+def check_finite(arr, name="X"):
+    """Raise ValueError (naming ``name`` and the first non-finite entry) unless every value
+    of the C-contiguous 2-D float array ``arr`` is finite: one pass, no temporary, rows
+    split between the kernels' threads."""
     row = _core.first_nonfinite_row(arr)
     if row >= 0:
         col = int(np.flatnonzero(~np.isfinite(arr[row]))[0])
         raise ValueError(f"The {name!r} parameter must be finite; it holds NaN or inf "
                          f"(first at row {row}, column {col}).")
-    return arr
 
 
 def check_y(y, n_samples, n_out, dtype, name="y"):

@@ -162,8 +162,8 @@ class Network:
     def _workspace(self, m):
         return np.empty(_core.workspace_size(self._sizes_c, m), dtype=self.dtype)
 
-    def _check_Xy(self, X, y, names=("X", "y")):
-        X = check_X(X, self.sizes[0], self.dtype, name=names[0])
+    def _check_Xy(self, X, y, names=("X", "y"), finite=True):
+        X = check_X(X, self.sizes[0], self.dtype, name=names[0], finite=finite)
         Y, labels = check_y(y, X.shape[0], self.sizes[-1], self.dtype, name=names[1])
         return X, Y, labels
 

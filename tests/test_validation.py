@@ -297,6 +297,60 @@ def test_X_non_finite(net, data, bad):
             call()
 
 
+FIT_NETS = [  # (hidden, output, cost): every hidden activation, every output/cost pair
+    ("sigmoid", "sigmoid", "cross-entropy"), ("tanh", "softmax", "log-likelihood"),
+    ("relu", "identity", "quadratic"), ("identity", "tanh", "quadratic"),
+    ("relu", "softmax", "log-likelihood"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("hidden,output,cost", FIT_NETS)
+@pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 300])
+def test_fit_with_a_non_finite_X_value_is_an_error_and_changes_nothing(dtype, hidden, output, cost,
+                                                                      rule, batch_size):
+    """fit leaves the scan of X's values to its first epoch (no pass of its own): a NaN or
+    inf anywhere - in a row the permutation takes first, last or in between, in a column
+    whose weights are all zero, in a float64 X that overflows the float32 network, or as
+    +inf into a saturating unit - is the same ValueError as from a separate scan, naming
+    the first bad entry, and the parameters and the optimizer's state are those before
+    fit. Batches of 1 and 7 rows (fused kernel, in place), 64 (packed), 300 (BLAS)."""
+    rng = np.random.default_rng(7)
+    n, d = 320, 21
+    X = 0.5 * rng.standard_normal((n, d))
+    y = rng.integers(0, 3, n)
+    if cost == "quadratic" and output in ("identity", "tanh"):
+        y = np.tanh(rng.standard_normal((n, 3)))
+    elif output == "sigmoid":
+        y = np.eye(3)[y]
+    for row, col, value in ((0, 0, np.nan), (n - 1, d - 1, np.inf), (137, 5, -np.inf),
+                            (201, 9, np.inf), (55, 3, 1e300)):
+        Xb = X.copy()
+        Xb[row, col] = value
+        if value == 1e300 and dtype == "float64":
+            continue  # finite in float64
+        net = fastnn.Network([d, 6, 3], hidden=hidden, output=output, cost=cost, dtype=dtype,
+                             seed=8)
+        net.weights[0][:, 9] = 0.0  # inf x 0
+        opt = (fastnn.Adam(eta=0.01) if rule == "adam" else
+               fastnn.SGD(eta=0.01, momentum=0.0 if rule == "plain" else 0.9,
+                          nesterov=rule == "nesterov"))
+        # a first fit on good data gives the optimizer a state to keep
+        net.fit(X, y, epochs=1, batch_size=batch_size, optimizer=opt, seed=1,
+                monitor_training=False)
+        before = net.params.copy(), [b.copy() for b in opt._state_for(net)], opt.t
+        with np.errstate(over="ignore"):  # the cast of 1e300 to float32
+            with pytest.raises(ValueError, match=m("'X'", "finite", f"row {row}",
+                                                   f"column {col}")):
+                net.fit(Xb, y, epochs=3, batch_size=batch_size, optimizer=opt, lmbda=0.5,
+                        seed=2, monitor_training=False)
+        np.testing.assert_array_equal(net.params, before[0])
+        for buf, old in zip(opt._state_for(net), before[1]):
+            np.testing.assert_array_equal(buf, old)
+        assert opt.t == before[2]
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_X_non_finite_after_float32_conversion():
     net = fastnn.Network([2, 2], hidden=[], dtype="float32")
