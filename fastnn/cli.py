@@ -776,6 +776,9 @@ def cmd_train(args):
                           lmbda=args.lmbda, validation_data=val, seed=args.seed,
                           callbacks=[reporter],
                           progress_every=max(args.batch_size, PROGRESS_EVERY))
+    except ValueError:
+        reporter._clear()  # fit finds a NaN or inf in X during its first epoch
+        raise
     except (KeyboardInterrupt, FloatingPointError):
         reporter._clear()
         if reporter.history is not None and len(reporter.history):

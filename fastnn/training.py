@@ -192,8 +192,12 @@ class Trainer:
             raise ValueError(f"The 'l2_scale' parameter must be 'n' or 'batch'. Got {l2_scale!r} instead.")
         self.net, self.X, self.Y, self.labels = net, X, Y, labels
         # X's values not yet known to be finite (see _run): fit leaves the scan to the
-        # first epoch of the kernels instead of a pass of its own
+        # first epoch of the kernels instead of a pass of its own. The optimizer as fit found
+        # it (the first epoch may give it fresh state for this network) is put back if X
+        # turns out to hold NaN or inf.
         self.x_unscanned = _x_unscanned and engine == "cython"
+        self._opt_before = ((optimizer._owner, optimizer._buffers, optimizer.t)
+                            if self.x_unscanned else None)
         self.n = X.shape[0]
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -233,6 +237,10 @@ class Trainer:
         parameter non-finite, the epoch is replayed up to the step before and
         TrainingDiverged is raised (``step`` = index of the breaking mini-batch).
 
+        When the trainer was made with X's values unscanned (``fit``), a step made
+        non-finite by a NaN or inf in X restores the parameters and the optimizer as they
+        were and raises ValueError naming X's first bad entry instead.
+
         Returns None, or with ``want_loss`` the sum over the batches of
         ``m * (C0 of the batch + l2/2 sum ||W||^2)`` taken before each update:
         divided by n, the epoch's running training loss.
@@ -265,7 +273,11 @@ class Trainer:
                 if self.x_unscanned:
                     # X was not scanned before the first epoch (whose start was restored
                     # above): a bad value in it is the caller's error, not divergence
-                    check_finite(self.X, "X")
+                    try:
+                        check_finite(self.X, "X")
+                    except ValueError:
+                        opt._owner, opt._buffers, opt.t = self._opt_before
+                        raise
                 if bad > 0:
                     self._steps(perm, 0, bad, False)
                 raise TrainingDiverged(
@@ -310,6 +322,12 @@ def fit(net, X, y, *, epochs=30, batch_size=10, optimizer=None, lmbda=0.0, valid
     blas_threads : "auto" (one BLAS thread when a step's products are small,
         where a second thread only adds wake-up costs), None (leave BLAS as
         configured) or an int, the BLAS thread limit while training.
+
+    A NaN or inf in X raises ValueError (naming its first row and column) and leaves
+    the network and the optimizer as they were. With the kernels (engine 'cython') X's
+    values are checked by the first epoch itself rather than by a pass of their own, so
+    the other arguments' errors come first, and progress callbacks may already have
+    been called for part of that epoch when it is raised.
     """
     from fastnn.network import check_engine
     check_engine(engine)

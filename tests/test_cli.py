@@ -152,6 +152,29 @@ def test_progress_bar_on_a_terminal(monkeypatch, tmp_path):
     assert len(table_rows(out)) == 2
 
 
+def test_non_finite_X_found_in_training_clears_the_progress_bar(monkeypatch, tmp_path, capsys):
+    """A value that is finite in the file but overflows the float32 network is found by fit
+    during its first epoch, after the progress bar has been drawn: the bar's line is cleared
+    before the error is printed."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    X, y = blobs(n=5000)
+    X[4900, 2] = 1e300
+    np.savez(tmp_path / "big.npz", X=X, y=y)
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    with np.errstate(over="ignore"):
+        rc = main(["train", "--data", str(tmp_path / "big.npz"), "--epochs", "2", "--dtype",
+                   "float32", "--validation-fraction", "0"])
+    assert rc != 0
+    out = term.getvalue()
+    assert "ETA" in out  # the bar was drawn, then its line blanked out last
+    assert re.search(r"\r {20,}\r$", out), repr(out[-200:])
+    assert "'X' parameter must be finite" in capsys.readouterr().err
+
+
 def test_format_table():
     h = fastnn.History()
     h._append(epoch=0, train_cost=0.5, train_accuracy=0.9, val_cost=None, val_accuracy=None,

@@ -351,6 +351,34 @@ def test_fit_with_a_non_finite_X_value_is_an_error_and_changes_nothing(dtype, hi
         assert opt.t == before[2]
 
 
+@pytest.mark.parametrize("rule", ["momentum", "adam"])
+def test_fit_with_a_non_finite_X_keeps_an_optimizer_that_belongs_to_another_network(rule):
+    """fit on unscanned X gives the optimizer fresh state for the new network in its first
+    epoch; when X turns out to hold NaN, the optimizer goes back to the network, state and
+    step count it had (and keeps training that network as before)."""
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((60, 5)), rng.integers(0, 2, 60)
+    a, b = fastnn.Network([5, 4, 2], seed=1), fastnn.Network([5, 4, 2], seed=2)
+    ref = a.copy()
+    opt, ref_opt = ((fastnn.Adam(eta=0.01) if rule == "adam" else fastnn.SGD(eta=0.1, momentum=0.9))
+                    for _ in range(2))
+    for net, o in ((a, opt), (ref, ref_opt)):
+        net.fit(X, y, epochs=1, batch_size=6, optimizer=o, seed=0, monitor_training=False)
+    state, t = [buf.copy() for buf in opt._state_for(a)], opt.t
+    Xb = X.copy()
+    Xb[10, 2] = np.nan
+    with pytest.raises(ValueError, match=m("'X'", "finite", "row 10", "column 2")):
+        b.fit(Xb, y, epochs=1, batch_size=6, optimizer=opt, seed=0, monitor_training=False)
+    assert opt.t == t and opt._owner() is a
+    for buf, old in zip(opt._buffers, state):
+        np.testing.assert_array_equal(buf, old)
+    np.testing.assert_array_equal(b.params, fastnn.Network([5, 4, 2], seed=2).params)
+    # a's training continues exactly as if b's fit had never been tried
+    for net, o in ((a, opt), (ref, ref_opt)):
+        net.fit(X, y, epochs=1, batch_size=6, optimizer=o, seed=1, monitor_training=False)
+    np.testing.assert_array_equal(a.params, ref.params)
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_X_non_finite_after_float32_conversion():
     net = fastnn.Network([2, 2], hidden=[], dtype="float32")
