@@ -133,21 +133,26 @@ def test_wide_layers_step_for_step(mu, nesterov, update_path):
 
 
 @pytest.mark.parametrize("sizes", [[6, 7, 3], [100, 7, 3]], ids=["rows-of-24-bytes", "rows-of-400-bytes"])
-def test_prefetch_switch_does_not_change_results(sizes):
+@pytest.mark.parametrize("batch_size", [4, 41])
+def test_prefetch_switch_does_not_change_results(sizes, batch_size):
     """The next batch's rows prefetched (their first 128 bytes, the default; whole rows;
-    none) or not: the same bits."""
+    none) or not, and the forward kernel's prefetch of its next 4 rows on or off (batches
+    of 41 take its row-block variant): the same bits."""
     from fastnn import _core
-    X, y = make_data(50, sizes[0], 3, seed=62)
+    X, y = make_data(90, sizes[0], 3, seed=62)
     results = []
-    for on, nbytes in ((True, 128), (True, 1 << 20), (True, 0), (False, 128)):
-        old = _core.set_prefetch(on), _core.set_prefetch_bytes(nbytes)
+    for on, nbytes, fwd in ((True, 128, True), (True, 1 << 20, True), (True, 0, True),
+                            (False, 128, True), (True, 128, False)):
+        old = _core.set_prefetch(on), _core.set_prefetch_bytes(nbytes), _core.set_forward_prefetch(fwd)
         try:
             net = fastnn.Network(sizes, seed=63)
-            net.fit(X, y, epochs=2, batch_size=4, seed=1, optimizer=fastnn.SGD(eta=0.3, momentum=0.5))
+            net.fit(X, y, epochs=2, batch_size=batch_size, seed=1,
+                    optimizer=fastnn.SGD(eta=0.3, momentum=0.5))
             results.append(net.params)
         finally:
             _core.set_prefetch(old[0])
             _core.set_prefetch_bytes(old[1])
+            _core.set_forward_prefetch(old[2])
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
 

@@ -1019,6 +1019,16 @@ cdef extern from "_small.h" nogil:
     Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n)
     int fastnn_nt_tiled_rows_s
     int fastnn_nt_tiled_rows_d
+    int fastnn_nt_prefetch_next
+
+
+def set_forward_prefetch(bint on):
+    """Let the small forward kernel's row-block variant prefetch the next block's rows
+    while it computes (the default); returns the old value. For tests and benchmarks."""
+    global fastnn_nt_prefetch_next
+    old = bool(fastnn_nt_prefetch_next)
+    fastnn_nt_prefetch_next = on
+    return old
 
 
 def set_tiled_max_rows(int float32_rows, int float64_rows):

@@ -57,6 +57,8 @@ FASTNN_NONFINITE(fastnn_nonfinite_d, double, fastnn_u64_alias, 0x7ff000000000000
  * within a few percent, the tiled one ahead for narrow W (n = 8) below 12 rows. */
 static int fastnn_nt_tiled_rows_s = 3;
 static int fastnn_nt_tiled_rows_d = 16;
+/* whether the row-block kernel prefetches the next block's rows */
+static int fastnn_nt_prefetch_next = 1;
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FASTNN_HAVE_SMALL 1

