@@ -5,6 +5,7 @@ import numpy as np
 
 from fastnn import reference
 from fastnn._kernels import _core
+from fastnn._memory import aligned_copy, aligned_empty, aligned_zeros
 from fastnn._validation import check_X, check_y, check_real, check_seed
 from fastnn.activations import get_activation
 from fastnn.costs import get_cost
@@ -80,7 +81,7 @@ class Network:
         self._acts_c = np.asarray([ACTIVATIONS[a].code for a in self.activations], dtype=np.int32)
         self._cost_c = COSTS[self.cost].code
         n = sum(o * (i + 1) for i, o in zip(self.sizes[:-1], self.sizes[1:]))
-        self.params = np.zeros(n, dtype=self.dtype) if params is None else params
+        self.params = aligned_zeros(n, self.dtype) if params is None else params
         self._views = []
         off = 0
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
@@ -142,7 +143,7 @@ class Network:
         n = sum(o * (i + 1) for i, o in zip(net.sizes[:-1], net.sizes[1:]))
         if params.shape != (n,):
             raise ValueError(f"params must have shape ({n},), got {params.shape}")
-        net._build(np.array(params, dtype=net.dtype, order="C"))
+        net._build(aligned_copy(params, net.dtype))
         return net
 
     def __getstate__(self):
@@ -160,7 +161,7 @@ class Network:
         return int(min(n, rows))
 
     def _workspace(self, m):
-        return np.empty(_core.workspace_size(self._sizes_c, m), dtype=self.dtype)
+        return aligned_empty(_core.workspace_size(self._sizes_c, m), self.dtype)
 
     def _check_Xy(self, X, y, names=("X", "y"), finite=True):
         X = check_X(X, self.sizes[0], self.dtype, name=names[0], finite=finite)
@@ -223,7 +224,7 @@ class Network:
                                                          want_grad)
         else:
             m = self._chunk(n)
-            grad = np.empty_like(self.params) if want_grad else np.empty(1, dtype=self.dtype)
+            grad = aligned_empty(self.n_params, self.dtype) if want_grad else np.empty(1, dtype=self.dtype)
             with kernel_blas():
                 cost_sum, correct = _core.evaluate(self._sizes_c, self._acts_c, self._cost_c,
                                                    self.params, X, Y, labels, grad,

@@ -22,6 +22,7 @@ import weakref
 
 import numpy as np
 
+from fastnn._memory import aligned_copy, aligned_zeros
 from fastnn._validation import check_real
 
 # update rule codes of fastnn._core
@@ -50,7 +51,8 @@ class Optimizer:
         b = self._buffers
         if (owner is not net or b is None or b[0].shape != net.params.shape
                 or b[0].dtype != net.params.dtype):
-            self._buffers = [np.zeros_like(net.params) for _ in range(self._n_buffers)]
+            self._buffers = [aligned_zeros(net.n_params, net.params.dtype)
+                             for _ in range(self._n_buffers)]
             self._owner = weakref.ref(net)
             self.t = 0
         return self._buffers
@@ -77,7 +79,7 @@ class Optimizer:
                 if b is None or np.shape(b) != net.params.shape:
                     raise ValueError(f"The optimizer state has shape {np.shape(b)}; the network's "
                                      f"params have shape {net.params.shape}.")
-            self._buffers = [np.array(b, dtype=net.params.dtype) for b in bufs]
+            self._buffers = [aligned_copy(b, net.params.dtype) for b in bufs]
             self._owner = weakref.ref(net)
             self.t = int(state["state"].get("t", 0))
 

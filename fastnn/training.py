@@ -17,6 +17,7 @@ import numpy as np
 
 from fastnn import reference
 from fastnn._kernels import _core
+from fastnn._memory import aligned_empty
 from fastnn._validation import check_finite, check_int, check_real, check_seed
 from fastnn.optimizers import SGD, Optimizer
 from fastnn.threads import blas_limit, get_num_threads
@@ -205,9 +206,9 @@ class Trainer:
         self.l2_scale = l2_scale
         self.engine = engine
         self.blas_threads = resolve_blas_threads(net, batch_size, blas_threads)
-        self.grad = np.empty_like(net.params)
-        self.work = (np.empty(_core.workspace_size(net._sizes_c, min(batch_size, self.n)),
-                              dtype=net.dtype) if engine == "cython" else None)
+        self.grad = aligned_empty(net.n_params, net.dtype)
+        self.work = (aligned_empty(_core.workspace_size(net._sizes_c, min(batch_size, self.n)),
+                                   net.dtype) if engine == "cython" else None)
 
     def _steps(self, perm, start, stop, want_loss):
         net, opt = self.net, self.optimizer
