@@ -181,10 +181,13 @@ cdef enum:
 # costs little) below one_task_min_macs multiply-adds, and one per thread from
 # there: each task then reads the batch, and its share of W stays in one core's
 # L2 (S1 of benchmarks/sklearn_compare.py: 7 % less time per epoch; C2, C3 4 %).
+# Interleaved epochs placed the bound between 235K (C1's regions: 6 % slower with one
+# task per thread) and 750K multiply-adds (C1's net with batch 32: 3.5 % faster; S2's
+# [784, 100, 10] with batch 10, 784K: 7.6 % faster).
 cdef Py_ssize_t par_min_macs = 1 << 16
 cdef Py_ssize_t min_task_macs = 1 << 14
 cdef Py_ssize_t tasks_per_thread = 2
-cdef Py_ssize_t one_task_min_macs = 1 << 21
+cdef Py_ssize_t one_task_min_macs = 1 << 19
 
 
 def set_task_split(Py_ssize_t per_thread, Py_ssize_t one_task_min_macs_):
