@@ -157,6 +157,40 @@ def test_prefetch_switch_does_not_change_results(sizes, batch_size):
         np.testing.assert_array_equal(r, results[0])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [5, 40])
+@pytest.mark.parametrize("rule", ["momentum", "adam"])
+def test_update_prefetch_of_the_next_batch_does_not_change_results(dtype, threads, batch_size,
+                                                                     rule):
+    """Layer 0's fused update asking for the next batch's rows as it goes (the lines shared out
+    between the tasks of each thread) or not: the same bits, with every product split into
+    tasks on 1-3 threads, the fused kernel's in-place (batch 5) and packed (batch 40) paths
+    and a last partial batch (103 rows); and both equal the NumPy engine to rounding."""
+    from fastnn import _core
+    X, y = make_data(103, 70, 4, seed=64)
+    results = []
+    old = (_core.set_split_thresholds(0, 1), fastnn.set_num_threads(threads),
+           _core.set_update_prefetch_bytes(0))
+    try:
+        for nbytes, engine in ((0, "cython"), (1 << 40, "cython"), (0, "numpy")):
+            _core.set_update_prefetch_bytes(nbytes)
+            net = fastnn.Network([70, 37, 4], hidden="relu", output="softmax",
+                                 cost="log-likelihood", dtype=dtype, seed=65)
+            opt = fastnn.Adam(eta=0.01) if rule == "adam" else fastnn.SGD(eta=0.2, momentum=0.9)
+            net.fit(X, y, epochs=2, batch_size=batch_size, optimizer=opt, lmbda=0.5, seed=66,
+                    engine=engine, monitor_training=False)
+            results.append(net.params)
+    finally:
+        _core.set_split_thresholds(*old[0])
+        fastnn.set_num_threads(old[1])
+        _core.set_update_prefetch_bytes(old[2])
+    np.testing.assert_array_equal(results[1], results[0])
+    tol = 1e-10 if dtype == "float64" else 1e-3
+    assert max_rel(results[0], results[2], floor=1e-2) < tol
+    assert np.max(np.abs(results[0] - fastnn.Network([70, 37, 4], dtype=dtype, seed=65).params)) > 1e-3
+
+
 @pytest.mark.parametrize("lmbda", [0.0, 3.0])
 def test_plain_step_is_network2_update(lmbda, update_path):
     """mu = 0: W <- (1 - eta lmbda/n) W - (eta/m) sum_x grad_x;  b <- b - (eta/m) sum_x grad_b."""

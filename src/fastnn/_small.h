@@ -60,6 +60,40 @@ static int fastnn_nt_tiled_rows_d = 16;
 /* whether the row-block kernel prefetches the next block's rows */
 static int fastnn_nt_prefetch_next = 1;
 
+/* Bytes of one core's L2 cache, as the C library reports it (512 KiB where it does not). */
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+static Py_ssize_t fastnn_l2_bytes(void)
+{
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (v >= 65536 && v <= (1L << 27)) return (Py_ssize_t)v;
+#endif
+    return 512 * 1024;
+}
+
+/* Rows of the data set (the next mini-batch's) that the fused update asks the cache for, a
+ * few lines at a time while it computes: the cache lines q0 <= q < q1 of the rows, numbered
+ * row after row (line q of the plan is line q % lines of row X + idx[q / lines] * row_bytes).
+ * A prefetch is only a hint, so any plan is safe. */
+typedef struct {
+    const char *X;
+    const Py_ssize_t *idx;
+    Py_ssize_t row_bytes, lines, q0, q1;
+} fastnn_pf_plan;
+
+/* The next `step` lines of the plan from *at on (below q1); advances *at. */
+static inline void fastnn_pf_slice(const fastnn_pf_plan *p, Py_ssize_t *at, Py_ssize_t step)
+{
+    Py_ssize_t q = *at, end;
+    if (p == NULL || q >= p->q1) return;
+    end = q + step < p->q1 ? q + step : p->q1;
+    for (; q < end; q++)
+        __builtin_prefetch(p->X + p->idx[q / p->lines] * p->row_bytes + 64 * (q % p->lines), 0, 3);
+    *at = end;
+}
+
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FASTNN_HAVE_SMALL 1
 #include <immintrin.h>
@@ -216,11 +250,13 @@ typedef struct { float b1, b2, c1, c2, eps, lr_t; } adam_consts_s;
 static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *const *A, Py_ssize_t a_off,
                              double *W, double *V, double *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, double eta, double mu, double l2,
-                             const adam_consts_d *ac, void *scratch, double *wsq) { return 1; }
+                             const adam_consts_d *ac, void *scratch, double *wsq,
+                             const fastnn_pf_plan *pf) { return 1; }
 static int small_tn_update_s(const float *D, Py_ssize_t ldd, const float *const *A, Py_ssize_t a_off,
                              float *W, float *V, float *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, float eta, float mu, float l2,
-                             const adam_consts_s *ac, void *scratch, double *wsq) { return 1; }
+                             const adam_consts_s *ac, void *scratch, double *wsq,
+                             const fastnn_pf_plan *pf) { return 1; }
 static Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n) { return 64; }
 static Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n) { return 64; }
 #endif

@@ -448,6 +448,7 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, T *s, int mode, T eta
 #define TN_BLOCK(NV, SRC)                                                                  \
     do {                                                                                   \
         int rx_, vx_;                                                                      \
+        fastnn_pf_slice(pf, &pf_at, pf_step);                                              \
         TN_SUMS_##NV(SRC);                                                                 \
         {                                                                                  \
             TN_UPDATE_LOCALS;                                                              \
@@ -464,6 +465,7 @@ static inline int CAT(update_scalar, SFX)(T *p, T g, T *v, T *s, int mode, T eta
     do {                                                                                   \
         VT g_[NV];                                                                         \
         int vx_;                                                                            \
+        fastnn_pf_slice(pf, &pf_at, pf_step);                                              \
         for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VZERO();                                      \
         for (i = 0; i < m; i++) {                                                          \
             VT dd_ = VSET1(dp[i]);                                                         \
@@ -523,9 +525,13 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
                                                 Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                                 int mode, T eta, T mu, T l2,
                                                 const CAT(adam_consts, SFX) *ac, void *scratch,
-                                                double *wsq)
+                                                double *wsq, const fastnn_pf_plan *pf)
 {
     Py_ssize_t i, j, c, kk = 0, kv = k - k % VL, n4 = n - n % 4;
+    /* the plan's lines spread evenly over the blocks (about one per 3 vectors of 4 rows) */
+    Py_ssize_t pf_at = pf ? pf->q0 : 0;
+    Py_ssize_t pf_blocks = (n4 / 4 + n % 4) * ((kv / VL + 2) / 3);
+    Py_ssize_t pf_step = pf ? (pf->q1 - pf->q0 + pf_blocks - 1) / (pf_blocks > 0 ? pf_blocks : 1) : 0;
     /* Nothing but a block's accumulators may stay in registers across its loop over the
      * batch (16 ymm registers: 12 sums, 3 loads, 1 broadcast): the update's constants and
      * the finiteness and sum-of-squares accumulators live in memory between blocks. */
@@ -570,6 +576,8 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
             }
         }
     }
+    /* whatever the plan still holds */
+    if (pf) fastnn_pf_slice(pf, &pf_at, pf->q1);
     /* columns past the last full vector */
     for (j = 0; j < n; j++) {
         for (kk = kv; kk < k; kk++) {
