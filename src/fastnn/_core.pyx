@@ -507,7 +507,7 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     cdef const fastnn_pf_plan* pf
     if job.kind == JOB_PREFETCH:
         prefetch_rows(<const floating*>job.X, job.idx, m, n_in)
-        if t == 0:
+        if t == 0 and (job.labels != NULL or job.Y != NULL):
             # and the targets the output delta reads (once)
             for i in range(m):
                 if job.labels != NULL:
@@ -1848,6 +1848,13 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef const Py_ssize_t* lp = opt_labels(labels)
     cdef floating* wk = &work[0]
     cdef const floating* Xp = &X[0, 0]
+    # The labels of the steps' rows in the order the steps take them, gathered once: the
+    # output delta then reads them in sequence, not one cache miss per row (C2: its phase
+    # took 4-5 ms per epoch with the rows shuffled, 1.2 ms in order).
+    cdef bint gather_labels = lp != NULL and Yp == NULL
+    cdef Py_ssize_t[::1] lperm_buf = np.empty(max(stop - start, 1) if gather_labels else 1,
+                                              dtype=np.intp)
+    cdef Py_ssize_t* lperm = &lperm_buf[0] if gather_labels else NULL
     cdef const Py_ssize_t* pp = &perm[0]
     cdef int bad = 0
     cdef Py_ssize_t[::1] slots = row_slots(&net, min(batch_size, max(stop - start, 1)))
@@ -1873,8 +1880,11 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     ahead.f32 = floating is float
     ahead.X = <const void*>Xp
     ahead.Y = <const void*>Yp
-    ahead.labels = lp
+    ahead.labels = NULL if gather_labels else lp
     with nogil:
+        if lperm != NULL:
+            for i in range(stop - start):
+                lperm[i] = lp[pp[start + i]]
         s = start
         while s < stop:
             if phase_timing:
@@ -1906,14 +1916,21 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 Aout = act_ptr(&net, wk, m, net.L)
                 Zout = zout_ptr(&net, wk, m)
                 for i in range(m):
-                    loss += row_cost(&net, Zout + i * nL, Aout + i * nL, Yp, lp, pp[s + i])
+                    if lperm != NULL:
+                        loss += row_cost(&net, Zout + i * nL, Aout + i * nL, NULL,
+                                         lperm + (s - start), i)
+                    else:
+                        loss += row_cost(&net, Zout + i * nL, Aout + i * nL, Yp, NULL, pp[s + i])
                 if l2_b != 0:
                     if not wn_known:
                         wn = weight_norm2(&net, &params[0])
                     loss += 0.5 * l2_b * m * wn
             if phase_timing:
                 tp = tick(PHASE_LOSS, tp)
-            output_delta(&net, wk, m, Yp, lp, pp + s, <floating>(1.0 / m))
+            if lperm != NULL:
+                output_delta(&net, wk, m, NULL, lperm + (s - start), NULL, <floating>(1.0 / m))
+            else:
+                output_delta(&net, wk, m, Yp, NULL, pp + s, <floating>(1.0 / m))
             if phase_timing:
                 tp = tick(PHASE_DELTA, tp)
             if mode == RULE_ADAM:
