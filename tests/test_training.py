@@ -191,6 +191,37 @@ def test_update_prefetch_of_the_next_batch_does_not_change_results(dtype, thread
     assert np.max(np.abs(results[0] - fastnn.Network([70, 37, 4], dtype=dtype, seed=65).params)) > 1e-3
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("batch_size", [3, 40])
+def test_fused_update_for_every_count_of_columns_past_the_last_vector(dtype, rule, batch_size):
+    """Fan-ins 1..17 (no whole vector of 4 or 8 at first, then every count of columns past the
+    last one, and none), 6 units (a 4-row block of W and two single rows), batches the fused
+    kernel reads in place (3) and packs (40): two epochs equal the NumPy engine to rounding,
+    the parameters past the last vector included."""
+    for n_in in range(1, 18):
+        X, y = make_data(87, n_in, 3, seed=70 + n_in)
+        nets = []
+        for engine in ("cython", "numpy"):
+            net = fastnn.Network([n_in, 6, 3], hidden="tanh", output="softmax",
+                                 cost="log-likelihood", dtype=dtype, seed=71)
+            opt = (fastnn.Adam(eta=0.01) if rule == "adam" else
+                   fastnn.SGD(eta=0.2, momentum=0.0 if rule == "plain" else 0.9,
+                              nesterov=rule == "nesterov"))
+            net.fit(X, y, epochs=2, batch_size=batch_size, optimizer=opt, lmbda=0.5, seed=72,
+                    engine=engine, monitor_training=False)
+            nets.append((net, opt))
+        tol = 1e-11 if dtype == "float64" else 2e-4
+        (a, oa), (b, ob) = nets
+        assert max_rel(a.params, b.params, floor=1e-2) < tol, f"fan-in {n_in}"
+        if rule != "plain":
+            # (velocities are differences of nearby steps: float32 keeps fewer of their digits)
+            assert max_rel(oa._state_for(a)[0], ob._state_for(b)[0], floor=1e-2) < (
+                tol if dtype == "float64" else 2e-3), f"fan-in {n_in}"
+        assert np.max(np.abs(a.weights[0] - fastnn.Network([n_in, 6, 3], dtype=dtype,
+                                                            seed=71).weights[0])) > 1e-4
+
+
 @pytest.mark.parametrize("lmbda", [0.0, 3.0])
 def test_plain_step_is_network2_update(lmbda, update_path):
     """mu = 0: W <- (1 - eta lmbda/n) W - (eta/m) sum_x grad_x;  b <- b - (eta/m) sum_x grad_b."""

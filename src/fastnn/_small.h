@@ -131,6 +131,9 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VSQRT _mm256_sqrt_pd
 #define SQRT __builtin_sqrt
 #define HSUM fastnn_hsum_d
+/* the first r < 4 lanes of p (the others read as 0, and not read at all) */
+#define VTAILMASK(r) _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3))
+#define VMLOAD(p, mask) _mm256_maskload_pd((p), (mask))
 /* acc (4 doubles) += w * w */
 #define SQACC(acc, w) acc = _mm256_fmadd_pd((w), (w), acc)
 #include "_small_impl.h"
@@ -152,6 +155,9 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VSQRT _mm256_sqrt_ps
 #define SQRT __builtin_sqrtf
 #define HSUM fastnn_hsum_s
+#define VTAILMASK(r) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(r)),                    \
+                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define VMLOAD(p, mask) _mm256_maskload_ps((p), (mask))
 /* acc (4 doubles) += w * w, the 8 floats widened to double */
 #define SQACC(acc, w)                                                              \
     do {                                                                           \
