@@ -222,6 +222,36 @@ def test_fused_update_for_every_count_of_columns_past_the_last_vector(dtype, rul
                                                             seed=71).weights[0])) > 1e-4
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch_size", [1, 7, 40])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_small_delta_kernel_trains_like_blas_and_the_reference(dtype, batch_size, threads):
+    """The delta propagated back through narrow layers by small_nn (widths 37, 11 and 5: whole
+    vectors, partial ones and none) or by BLAS, its tasks split by rows or by columns: both
+    train like the NumPy engine, and differ from each other only by rounding."""
+    from fastnn import _core
+    X, y = make_data(95, 13, 5, seed=80)
+    results = []
+    old = (_core.set_split_thresholds(0, 1), fastnn.set_num_threads(threads),
+           _core.set_small_delta_max_macs(-1))
+    try:
+        for macs, engine in ((1 << 40, "cython"), (-1, "cython"), (-1, "numpy")):
+            _core.set_small_delta_max_macs(macs)
+            net = fastnn.Network([13, 37, 11, 5], hidden=["tanh", "sigmoid"], output="softmax",
+                                 cost="log-likelihood", dtype=dtype, seed=81)
+            net.fit(X, y, epochs=2, batch_size=batch_size, optimizer=fastnn.SGD(eta=0.1, momentum=0.9),
+                    lmbda=0.2, seed=82, engine=engine, monitor_training=False)
+            results.append(net.params)
+    finally:
+        _core.set_split_thresholds(*old[0])
+        fastnn.set_num_threads(old[1])
+        _core.set_small_delta_max_macs(old[2])
+    tol = 1e-10 if dtype == "float64" else 1e-3
+    assert max_rel(results[0], results[2], floor=1e-2) < tol
+    assert max_rel(results[1], results[2], floor=1e-2) < tol
+    assert np.max(np.abs(results[0] - fastnn.Network([13, 37, 11, 5], dtype=dtype, seed=81).params)) > 1e-3
+
+
 @pytest.mark.parametrize("lmbda", [0.0, 3.0])
 def test_plain_step_is_network2_update(lmbda, update_path):
     """mu = 0: W <- (1 - eta lmbda/n) W - (eta/m) sum_x grad_x;  b <- b - (eta/m) sum_x grad_b."""

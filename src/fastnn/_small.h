@@ -134,6 +134,7 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 /* the first r < 4 lanes of p (the others read as 0, and not read at all) */
 #define VTAILMASK(r) _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3))
 #define VMLOAD(p, mask) _mm256_maskload_pd((p), (mask))
+#define VMSTORE(p, mask, v) _mm256_maskstore_pd((p), (mask), (v))
 /* acc (4 doubles) += w * w */
 #define SQACC(acc, w) acc = _mm256_fmadd_pd((w), (w), acc)
 #include "_small_impl.h"
@@ -158,6 +159,7 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VTAILMASK(r) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(r)),                    \
                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 #define VMLOAD(p, mask) _mm256_maskload_ps((p), (mask))
+#define VMSTORE(p, mask, v) _mm256_maskstore_ps((p), (mask), (v))
 /* acc (4 doubles) += w * w, the 8 floats widened to double */
 #define SQACC(acc, w)                                                              \
     do {                                                                           \
@@ -243,6 +245,10 @@ static void small_nt_d(const double *const *A, const double *W, double *Z, Py_ss
                        Py_ssize_t ldz) {}
 static void small_nt_s(const float *const *A, const float *W, float *Z, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        Py_ssize_t ldz) {}
+static void small_nn_d(const double *D, Py_ssize_t ldd, const double *W, Py_ssize_t ldw, double *Z,
+                       Py_ssize_t ldz, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
+static void small_nn_s(const float *D, Py_ssize_t ldd, const float *W, Py_ssize_t ldw, float *Z,
+                       Py_ssize_t ldz, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) {}
 static int update_seg_d(double *p, const double *g, double *v, double *s, Py_ssize_t n, int mode, double eta,
                         double mu, double l2, double b1, double b2, double c1, double c2, double eps,
                         double lr_t, double *wsq) { return 1; }

@@ -7,8 +7,9 @@
  *   VL       elements per vector
  *   VLOAD, VSTORE, VSET1, VZERO, VADD, VSUB, VMUL, VFMA   AVX2 intrinsics
  *   HSUM(v)  horizontal sum of a vector
- *   VTAILMASK(r), VMLOAD(p, mask)   the mask of a vector's first r lanes, and a load of
- *            those lanes only (the others read as 0; memory past them is not touched)
+ *   VTAILMASK(r), VMLOAD(p, mask), VMSTORE(p, mask, v)   the mask of a vector's first r
+ *            lanes, and a load (the others read as 0) or store of those lanes only (memory
+ *            past them is not touched)
  *
  * Matrices are row-major. With m (the batch) small, BLAS spends most of its
  * time packing the large operand (the weights); these kernels read the
@@ -310,6 +311,54 @@ static void CAT(small_nt, SFX)(const T *const *Ar, const T *W, T *Z,
         CAT(small_nt_tiled, SFX)(Ar, W, Z, m, n, k, ldz);
     else
         CAT(small_nt_rows, SFX)(Ar, W, Z, m, n, k, ldz);
+}
+
+/* Z = D W (D: m x n, row stride ldd; W: n x k, row stride ldw; Z: m x k, row stride ldz),
+ * for the small products that propagate a delta back through a narrow layer, where a BLAS
+ * call costs more than the product: blocks of 2 rows and 4 vectors of columns are formed in
+ * 8 registers, Z[i, c] = sum_j D[i, j] W[j, c] with j in order (one FMA per term); vectors
+ * past the last column are read and written under masks (so k needs no multiple of VL). */
+FASTNN_AVX2 static void CAT(small_nn, SFX)(const T *D, Py_ssize_t ldd, const T *W, Py_ssize_t ldw,
+                                          T *Z, Py_ssize_t ldz, Py_ssize_t m, Py_ssize_t n,
+                                          Py_ssize_t k)
+{
+    Py_ssize_t i, j, c;
+    for (c = 0; c < k; c += 4 * VL) {
+        const __m256i m0 = VTAILMASK(k - c), m1 = VTAILMASK(k - c - VL),
+                      m2 = VTAILMASK(k - c - 2 * VL), m3 = VTAILMASK(k - c - 3 * VL);
+        for (i = 0; i + 2 <= m; i += 2) {
+            const T *d0 = D + i * ldd, *d1 = d0 + ldd;
+            T *z0 = Z + i * ldz + c, *z1 = z0 + ldz;
+            VT a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
+            VT b0 = VZERO(), b1 = VZERO(), b2 = VZERO(), b3 = VZERO();
+            for (j = 0; j < n; j++) {
+                const T *w = W + j * ldw + c;
+                VT x0 = VMLOAD(w, m0), x1 = VMLOAD(w + VL, m1);
+                VT x2 = VMLOAD(w + 2 * VL, m2), x3 = VMLOAD(w + 3 * VL, m3);
+                VT e = VSET1(d0[j]);
+                a0 = VFMA(e, x0, a0); a1 = VFMA(e, x1, a1); a2 = VFMA(e, x2, a2); a3 = VFMA(e, x3, a3);
+                e = VSET1(d1[j]);
+                b0 = VFMA(e, x0, b0); b1 = VFMA(e, x1, b1); b2 = VFMA(e, x2, b2); b3 = VFMA(e, x3, b3);
+            }
+            VMSTORE(z0, m0, a0); VMSTORE(z0 + VL, m1, a1);
+            VMSTORE(z0 + 2 * VL, m2, a2); VMSTORE(z0 + 3 * VL, m3, a3);
+            VMSTORE(z1, m0, b0); VMSTORE(z1 + VL, m1, b1);
+            VMSTORE(z1 + 2 * VL, m2, b2); VMSTORE(z1 + 3 * VL, m3, b3);
+        }
+        if (i < m) {
+            const T *d0 = D + i * ldd;
+            T *z0 = Z + i * ldz + c;
+            VT a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();
+            for (j = 0; j < n; j++) {
+                const T *w = W + j * ldw + c;
+                VT e = VSET1(d0[j]);
+                a0 = VFMA(e, VMLOAD(w, m0), a0); a1 = VFMA(e, VMLOAD(w + VL, m1), a1);
+                a2 = VFMA(e, VMLOAD(w + 2 * VL, m2), a2); a3 = VFMA(e, VMLOAD(w + 3 * VL, m3), a3);
+            }
+            VMSTORE(z0, m0, a0); VMSTORE(z0 + VL, m1, a1);
+            VMSTORE(z0 + 2 * VL, m2, a2); VMSTORE(z0 + 3 * VL, m3, a3);
+        }
+    }
 }
 
 /* The update of one vector of parameters, the same arithmetic as
@@ -724,3 +773,4 @@ FASTNN_AVX2 static int CAT(update_seg, SFX)(T *p, const T *g, T *v, T *s, Py_ssi
 #undef HSUM
 #undef VTAILMASK
 #undef VMLOAD
+#undef VMSTORE
