@@ -19,7 +19,30 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
+/* Each dot-product block below takes one STEP per vector of its inputs: plain loads over the
+ * whole vectors, then one more step with loads under the mask mk for the last partial vector
+ * (its other lanes read as 0), so every element goes through the same FMAs. */
+#define VMLOAD_MK(p) VMLOAD((p), mk)
+#define DOT_STEPS(STEP)                                                                    \
+    for (kk = 0; kk < kv; kk += VL) STEP(VLOAD, kk);                                       \
+    if (kv < len) {                                                                        \
+        const __m256i mk = VTAILMASK(len - kv);                                            \
+        STEP(VMLOAD_MK, kv);                                                               \
+    }
+
 /* The 4 x 2 block of dot products over len elements: s[r + 4 c] = a_r . w_c. */
+#define DOT_4X2_STEP(LD, at)                                                               \
+    do {                                                                                   \
+        VT x0 = LD(w0 + (at)), x1 = LD(w1 + (at));                                         \
+        VT y = LD(a0 + (at));                                                              \
+        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);                                    \
+        y = LD(a1 + (at));                                                                 \
+        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);                                    \
+        y = LD(a2 + (at));                                                                 \
+        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);                                    \
+        y = LD(a3 + (at));                                                                 \
+        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);                                    \
+    } while (0)
 FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const T *a2,
                                                 const T *a3, const T *w0, const T *w1,
                                                 Py_ssize_t len, T *s)
@@ -27,35 +50,26 @@ FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const
     Py_ssize_t kk, kv = len - len % VL;
     VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
     VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
-    for (kk = 0; kk < kv; kk += VL) {
-        VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk);
-        VT y = VLOAD(a0 + kk);
-        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);
-        y = VLOAD(a1 + kk);
-        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);
-        y = VLOAD(a2 + kk);
-        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);
-        y = VLOAD(a3 + kk);
-        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);
-    }
-    if (kv < len) {
-        const __m256i mk = VTAILMASK(len - kv);
-        VT x0 = VMLOAD(w0 + kv, mk), x1 = VMLOAD(w1 + kv, mk);
-        VT y = VMLOAD(a0 + kv, mk);
-        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);
-        y = VMLOAD(a1 + kv, mk);
-        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);
-        y = VMLOAD(a2 + kv, mk);
-        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);
-        y = VMLOAD(a3 + kv, mk);
-        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);
-    }
+    DOT_STEPS(DOT_4X2_STEP)
     s[0] = HSUM(c00); s[1] = HSUM(c01); s[2] = HSUM(c02); s[3] = HSUM(c03);
     s[4] = HSUM(c10); s[5] = HSUM(c11); s[6] = HSUM(c12); s[7] = HSUM(c13);
 }
+#undef DOT_4X2_STEP
 
 /* The 2 x 4 block of dot products over len elements: s[r + 2 c] = a_r . w_c (for the two
  * rows left over by the 4-row blocks: 8 accumulators, as many as dot_4x2). */
+#define DOT_2X4_STEP(LD, at)                                                               \
+    do {                                                                                   \
+        VT y0 = LD(a0 + (at)), y1 = LD(a1 + (at));                                         \
+        VT x = LD(w0 + (at));                                                              \
+        c00 = VFMA(x, y0, c00); c01 = VFMA(x, y1, c01);                                    \
+        x = LD(w1 + (at));                                                                 \
+        c10 = VFMA(x, y0, c10); c11 = VFMA(x, y1, c11);                                    \
+        x = LD(w2 + (at));                                                                 \
+        c20 = VFMA(x, y0, c20); c21 = VFMA(x, y1, c21);                                    \
+        x = LD(w3 + (at));                                                                 \
+        c30 = VFMA(x, y0, c30); c31 = VFMA(x, y1, c31);                                    \
+    } while (0)
 FASTNN_AVX2 static inline void CAT(dot_2x4, SFX)(const T *a0, const T *a1, const T *w0,
                                                 const T *w1, const T *w2, const T *w3,
                                                 Py_ssize_t len, T *s)
@@ -63,34 +77,25 @@ FASTNN_AVX2 static inline void CAT(dot_2x4, SFX)(const T *a0, const T *a1, const
     Py_ssize_t kk, kv = len - len % VL;
     VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
     VT c20 = VZERO(), c21 = VZERO(), c30 = VZERO(), c31 = VZERO();
-    for (kk = 0; kk < kv; kk += VL) {
-        VT y0 = VLOAD(a0 + kk), y1 = VLOAD(a1 + kk);
-        VT x = VLOAD(w0 + kk);
-        c00 = VFMA(x, y0, c00); c01 = VFMA(x, y1, c01);
-        x = VLOAD(w1 + kk);
-        c10 = VFMA(x, y0, c10); c11 = VFMA(x, y1, c11);
-        x = VLOAD(w2 + kk);
-        c20 = VFMA(x, y0, c20); c21 = VFMA(x, y1, c21);
-        x = VLOAD(w3 + kk);
-        c30 = VFMA(x, y0, c30); c31 = VFMA(x, y1, c31);
-    }
-    if (kv < len) {
-        const __m256i mk = VTAILMASK(len - kv);
-        VT y0 = VMLOAD(a0 + kv, mk), y1 = VMLOAD(a1 + kv, mk);
-        VT x = VMLOAD(w0 + kv, mk);
-        c00 = VFMA(x, y0, c00); c01 = VFMA(x, y1, c01);
-        x = VMLOAD(w1 + kv, mk);
-        c10 = VFMA(x, y0, c10); c11 = VFMA(x, y1, c11);
-        x = VMLOAD(w2 + kv, mk);
-        c20 = VFMA(x, y0, c20); c21 = VFMA(x, y1, c21);
-        x = VMLOAD(w3 + kv, mk);
-        c30 = VFMA(x, y0, c30); c31 = VFMA(x, y1, c31);
-    }
+    DOT_STEPS(DOT_2X4_STEP)
     s[0] = HSUM(c00); s[1] = HSUM(c01); s[2] = HSUM(c10); s[3] = HSUM(c11);
     s[4] = HSUM(c20); s[5] = HSUM(c21); s[6] = HSUM(c30); s[7] = HSUM(c31);
 }
+#undef DOT_2X4_STEP
 
 /* The 4 x 3 block: s[r + 4 c] = a_r . w_c (12 accumulators: 7 loads feed 12 FMAs). */
+#define DOT_4X3_STEP(LD, at)                                                               \
+    do {                                                                                   \
+        VT x0 = LD(w0 + (at)), x1 = LD(w1 + (at)), x2 = LD(w2 + (at));                     \
+        VT y = LD(a0 + (at));                                                              \
+        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10); c20 = VFMA(x2, y, c20);            \
+        y = LD(a1 + (at));                                                                 \
+        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11); c21 = VFMA(x2, y, c21);            \
+        y = LD(a2 + (at));                                                                 \
+        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12); c22 = VFMA(x2, y, c22);            \
+        y = LD(a3 + (at));                                                                 \
+        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13); c23 = VFMA(x2, y, c23);            \
+    } while (0)
 FASTNN_AVX2 static inline void CAT(dot_4x3, SFX)(const T *a0, const T *a1, const T *a2,
                                                 const T *a3, const T *w0, const T *w1,
                                                 const T *w2, Py_ssize_t len, T *s)
@@ -99,69 +104,43 @@ FASTNN_AVX2 static inline void CAT(dot_4x3, SFX)(const T *a0, const T *a1, const
     VT c00 = VZERO(), c01 = VZERO(), c02 = VZERO(), c03 = VZERO();
     VT c10 = VZERO(), c11 = VZERO(), c12 = VZERO(), c13 = VZERO();
     VT c20 = VZERO(), c21 = VZERO(), c22 = VZERO(), c23 = VZERO();
-    for (kk = 0; kk < kv; kk += VL) {
-        VT x0 = VLOAD(w0 + kk), x1 = VLOAD(w1 + kk), x2 = VLOAD(w2 + kk);
-        VT y = VLOAD(a0 + kk);
-        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10); c20 = VFMA(x2, y, c20);
-        y = VLOAD(a1 + kk);
-        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11); c21 = VFMA(x2, y, c21);
-        y = VLOAD(a2 + kk);
-        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12); c22 = VFMA(x2, y, c22);
-        y = VLOAD(a3 + kk);
-        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13); c23 = VFMA(x2, y, c23);
-    }
-    if (kv < len) {
-        const __m256i mk = VTAILMASK(len - kv);
-        VT x0 = VMLOAD(w0 + kv, mk), x1 = VMLOAD(w1 + kv, mk), x2 = VMLOAD(w2 + kv, mk);
-        VT y = VMLOAD(a0 + kv, mk);
-        c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10); c20 = VFMA(x2, y, c20);
-        y = VMLOAD(a1 + kv, mk);
-        c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11); c21 = VFMA(x2, y, c21);
-        y = VMLOAD(a2 + kv, mk);
-        c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12); c22 = VFMA(x2, y, c22);
-        y = VMLOAD(a3 + kv, mk);
-        c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13); c23 = VFMA(x2, y, c23);
-    }
+    DOT_STEPS(DOT_4X3_STEP)
     s[0] = HSUM(c00); s[1] = HSUM(c01); s[2] = HSUM(c02); s[3] = HSUM(c03);
     s[4] = HSUM(c10); s[5] = HSUM(c11); s[6] = HSUM(c12); s[7] = HSUM(c13);
     s[8] = HSUM(c20); s[9] = HSUM(c21); s[10] = HSUM(c22); s[11] = HSUM(c23);
 }
+#undef DOT_4X3_STEP
 
 /* One vector against four: s[c] = a . w_c (4 accumulators). Also gives four rows against
  * one column (the products are the same, a . w = w . a). */
+#define DOT_1X4_STEP(LD, at)                                                               \
+    do {                                                                                   \
+        VT y = LD(a + (at));                                                               \
+        c0 = VFMA(LD(w0 + (at)), y, c0); c1 = VFMA(LD(w1 + (at)), y, c1);                  \
+        c2 = VFMA(LD(w2 + (at)), y, c2); c3 = VFMA(LD(w3 + (at)), y, c3);                  \
+    } while (0)
 FASTNN_AVX2 static inline void CAT(dot_1x4, SFX)(const T *a, const T *w0, const T *w1,
                                                 const T *w2, const T *w3, Py_ssize_t len, T *s)
 {
     Py_ssize_t kk, kv = len - len % VL;
     VT c0 = VZERO(), c1 = VZERO(), c2 = VZERO(), c3 = VZERO();
-    for (kk = 0; kk < kv; kk += VL) {
-        VT y = VLOAD(a + kk);
-        c0 = VFMA(VLOAD(w0 + kk), y, c0); c1 = VFMA(VLOAD(w1 + kk), y, c1);
-        c2 = VFMA(VLOAD(w2 + kk), y, c2); c3 = VFMA(VLOAD(w3 + kk), y, c3);
-    }
-    if (kv < len) {
-        const __m256i mk = VTAILMASK(len - kv);
-        VT y = VMLOAD(a + kv, mk);
-        c0 = VFMA(VMLOAD(w0 + kv, mk), y, c0); c1 = VFMA(VMLOAD(w1 + kv, mk), y, c1);
-        c2 = VFMA(VMLOAD(w2 + kv, mk), y, c2); c3 = VFMA(VMLOAD(w3 + kv, mk), y, c3);
-    }
+    DOT_STEPS(DOT_1X4_STEP)
     s[0] = HSUM(c0); s[1] = HSUM(c1); s[2] = HSUM(c2); s[3] = HSUM(c3);
 }
+#undef DOT_1X4_STEP
 
 /* One dot product (the leftovers of the blocks above). */
+#define DOT_1X1_STEP(LD, at) c0 = VFMA(LD(w + (at)), LD(a + (at)), c0)
 FASTNN_AVX2 static inline T CAT(dot_1x1, SFX)(const T *a, const T *w, Py_ssize_t len)
 {
     Py_ssize_t kk, kv = len - len % VL;
     VT c0 = VZERO();
-    T s0;
-    for (kk = 0; kk < kv; kk += VL) c0 = VFMA(VLOAD(w + kk), VLOAD(a + kk), c0);
-    if (kv < len) {
-        const __m256i mk = VTAILMASK(len - kv);
-        c0 = VFMA(VMLOAD(w + kv, mk), VMLOAD(a + kv, mk), c0);
-    }
-    s0 = HSUM(c0);
-    return s0;
+    DOT_STEPS(DOT_1X1_STEP)
+    return HSUM(c0);
 }
+#undef DOT_1X1_STEP
+#undef DOT_STEPS
+#undef VMLOAD_MK
 
 /* Z[i, j] = sum_k A[i, k] W[j, k]   (Z = A W^T; A: m x k, W: n x k, Z: m x n).
  * Row i of A is Ar[i] (rows may lie anywhere: the batch is never gathered).
