@@ -193,6 +193,56 @@ def test_update_prefetch_of_the_next_batch_does_not_change_results(dtype, thread
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_next_forward_formed_by_the_update_gives_the_same_bits(dtype, rule, threads):
+    """Layer 0's fused update also forms the next batch's A_1 with the new parameters (here
+    in tasks of any size: min_rows 0). Two epochs give the very bits of a separate forward
+    product per step, for every hidden activation, fan-ins of several k-tiles (784: three of
+    256 and one of 16) and of one (40), and batches that take the k-tiled forward kernel
+    (float64 up to 16 rows, float32 up to 3) with a last partial batch; and they equal the
+    NumPy engine to rounding. The count of steps that started from the update's A_1 shows
+    the path was taken exactly where it may be (never for batches past the k-tiled
+    kernel's, nor for the step before a partial batch)."""
+    from fastnn import _core
+    tiled = 16 if dtype == "float64" else 3
+    cases = [(784, 1, "sigmoid"), (40, tiled, "relu"), (784, 7 if dtype == "float64" else 2, "tanh"),
+             (40, tiled + 1, "identity")]
+    old = (_core.set_split_thresholds(0, 1), fastnn.set_num_threads(threads),
+           _core.set_fused_next_forward(True, 0))
+    try:
+        for n_in, batch_size, hidden in cases:
+            X, y = make_data(61, n_in, 5, seed=n_in + batch_size)
+            X = X * 0.2
+            results, counts = [], []
+            for fused, engine in ((False, "cython"), (True, "cython"), (True, "numpy")):
+                _core.set_fused_next_forward(fused, 0)
+                net = fastnn.Network([n_in, 19, 5], hidden=hidden, output="softmax",
+                                     cost="log-likelihood", dtype=dtype, seed=81)
+                opt = (fastnn.Adam(eta=0.01) if rule == "adam" else
+                       fastnn.SGD(eta=0.1, momentum=0.0 if rule == "plain" else 0.9,
+                                  nesterov=rule == "nesterov"))
+                _core.next_forward_steps()
+                net.fit(X, y, epochs=2, batch_size=batch_size, optimizer=opt, lmbda=0.5, seed=82,
+                        engine=engine, monitor_training=False)
+                counts.append(_core.next_forward_steps())
+                results.append(net.params)
+            case = f"fan-in {n_in}, batch {batch_size}, {hidden}"
+            full = 61 // batch_size
+            assert counts[0] == 0 and counts[2] == 0, case
+            assert counts[1] == (2 * (full - 1) if batch_size <= tiled else 0), case
+            np.testing.assert_array_equal(results[1], results[0], err_msg=case)
+            tol = 1e-10 if dtype == "float64" else 2e-3
+            assert max_rel(results[1], results[2], floor=1e-2) < tol, case
+            assert np.max(np.abs(results[1] - fastnn.Network([n_in, 19, 5], dtype=dtype,
+                                                             seed=81).params)) > 1e-3, case
+    finally:
+        _core.set_split_thresholds(*old[0])
+        fastnn.set_num_threads(old[1])
+        _core.set_fused_next_forward(*old[2])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("batch_size", [3, 40])
 def test_fused_update_for_every_count_of_columns_past_the_last_vector(dtype, rule, batch_size):
     """Fan-ins 1..17 (no whole vector of 4 or 8 at first, then every count of columns past the

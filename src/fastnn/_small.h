@@ -94,6 +94,18 @@ static inline void fastnn_pf_slice(const fastnn_pf_plan *p, Py_ssize_t *at, Py_s
     *at = end;
 }
 
+/* The next mini-batch's forward product of layer 0, formed by the fused update of its rows
+ * of W as soon as each block of them has its new values (in L1): Z[i * ldz + j] =
+ * sum_c rows[i][c] W_new[j, c] for the m rows i and the update's rows j of W, summed tile
+ * by tile as small_nt's k-tiled kernel sums them (same FMAs, same order, same horizontal
+ * sums), so the bits equal a separate forward product's for a batch that takes that kernel
+ * (m <= fastnn_nt_tiled_rows). The fan-in must be a whole number of vectors. */
+typedef struct {
+    const void *const *rows;
+    Py_ssize_t m, ldz;
+    void *Z;
+} fastnn_next_fwd;
+
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FASTNN_HAVE_SMALL 1
 #include <immintrin.h>
@@ -263,12 +275,12 @@ static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *cons
                              double *W, double *V, double *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, double eta, double mu, double l2,
                              const adam_consts_d *ac, void *scratch, double *wsq,
-                             const fastnn_pf_plan *pf) { return 1; }
+                             const fastnn_pf_plan *pf, const fastnn_next_fwd *nf) { return 1; }
 static int small_tn_update_s(const float *D, Py_ssize_t ldd, const float *const *A, Py_ssize_t a_off,
                              float *W, float *V, float *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, float eta, float mu, float l2,
                              const adam_consts_s *ac, void *scratch, double *wsq,
-                             const fastnn_pf_plan *pf) { return 1; }
+                             const fastnn_pf_plan *pf, const fastnn_next_fwd *nf) { return 1; }
 static Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n) { return 64; }
 static Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n) { return 64; }
 #endif
