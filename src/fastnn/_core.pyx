@@ -1115,11 +1115,21 @@ cdef extern from "_small.h" nogil:
                     Py_ssize_t ldz, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
     int fastnn_nt_tiled_rows_d
     int fastnn_nt_prefetch_next
+    int tn_pf_strip
 
 
 cdef inline Py_ssize_t nt_tiled_rows(bint f32) noexcept nogil:
     """Largest batch whose small forward product takes the k-tiled kernel (see small_nt)."""
     return fastnn_nt_tiled_rows_s if f32 else fastnn_nt_tiled_rows_d
+
+
+def set_update_strip_prefetch(bint on):
+    """Let the fused update prefetch the batch's strip after next as it packs a strip;
+    returns the old value. For tests and benchmarks."""
+    global tn_pf_strip
+    old = bool(tn_pf_strip)
+    tn_pf_strip = on
+    return old
 
 
 def set_forward_prefetch(bint on):

@@ -515,6 +515,12 @@ typedef struct {
         int vx_;                                                                            \
         for (i = 0; i < m; i++) {                                                          \
             const T *srcx_ = Ar[i] + a_off + kk;                                            \
+            if (tn_pf_strip && kk + 3 * NV * VL <= te) {                                   \
+                /* the strip after next: each row is a stream of its own, too many for the \
+                 * hardware prefetcher */                                                  \
+                __builtin_prefetch(srcx_ + 2 * NV * VL, 0, 3);                             \
+                __builtin_prefetch(srcx_ + 3 * NV * VL - 1, 0, 3);                         \
+            }                                                                              \
             for (vx_ = 0; vx_ < NV; vx_++) VSTORE(Ap + i * NV * VL + vx_ * VL, VLOAD(srcx_ + vx_ * VL)); \
         }                                                                                  \
     } while (0)
