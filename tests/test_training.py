@@ -164,17 +164,21 @@ def test_prefetch_switch_does_not_change_results(sizes, batch_size):
 def test_update_prefetch_of_the_next_batch_does_not_change_results(dtype, threads, batch_size,
                                                                      rule):
     """Layer 0's fused update asking for the next batch's rows as it goes (the lines shared out
-    between the tasks of each thread) or not: the same bits, with every product split into
-    tasks on 1-3 threads, the fused kernel's in-place (batch 5) and packed (batch 40) paths
-    and a last partial batch (103 rows); and both equal the NumPy engine to rounding."""
+    between the tasks of each thread) or not, and the fused update asking for each row's
+    strip after next as it packs a strip or not: the same bits, with every product split
+    into tasks on 1-3 threads, the fused kernel's in-place (batch 5) and packed (batch 40)
+    paths and a last partial batch (103 rows); and both equal the NumPy engine to
+    rounding."""
     from fastnn import _core
     X, y = make_data(103, 70, 4, seed=64)
     results = []
     old = (_core.set_split_thresholds(0, 1), fastnn.set_num_threads(threads),
-           _core.set_update_prefetch_bytes(0))
+           _core.set_update_prefetch_bytes(0), _core.set_update_strip_prefetch(False))
     try:
-        for nbytes, engine in ((0, "cython"), (1 << 40, "cython"), (0, "numpy")):
+        for nbytes, strips, engine in ((0, False, "cython"), (1 << 40, True, "cython"),
+                                       (0, False, "numpy")):
             _core.set_update_prefetch_bytes(nbytes)
+            _core.set_update_strip_prefetch(strips)
             net = fastnn.Network([70, 37, 4], hidden="relu", output="softmax",
                                  cost="log-likelihood", dtype=dtype, seed=65)
             opt = fastnn.Adam(eta=0.01) if rule == "adam" else fastnn.SGD(eta=0.2, momentum=0.9)
@@ -185,6 +189,7 @@ def test_update_prefetch_of_the_next_batch_does_not_change_results(dtype, thread
         _core.set_split_thresholds(*old[0])
         fastnn.set_num_threads(old[1])
         _core.set_update_prefetch_bytes(old[2])
+        _core.set_update_strip_prefetch(old[3])
     np.testing.assert_array_equal(results[1], results[0])
     tol = 1e-10 if dtype == "float64" else 1e-3
     assert max_rel(results[0], results[2], floor=1e-2) < tol
