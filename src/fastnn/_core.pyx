@@ -1939,7 +1939,19 @@ def weights_norm2(const int[::1] sizes, const int[::1] acts, int cost,
 # time; [784, 30, 10] (8 rows per task): 10 % more (the separate forward is faster there).
 cdef bint fused_next_forward = True
 cdef Py_ssize_t next_forward_min_rows = 16
-# steps whose A_1 came out of the previous step's update (see next_forward_steps)
+# steps whose A_1 came out of the previous step's update (see next_forward_steps); two
+# networks may train at once in two Python threads, hence the atomic add
+cdef extern from *:
+    """
+    static void fastnn_count_add(Py_ssize_t *p, Py_ssize_t v) {
+    #if defined(__GNUC__) || defined(__clang__)
+        __atomic_add_fetch(p, v, __ATOMIC_RELAXED);
+    #else
+        *p += v;
+    #endif
+    }
+    """
+    void fastnn_count_add(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
 cdef Py_ssize_t next_forward_count = 0
 
 
@@ -2016,7 +2028,6 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef const floating** nf_rows = <const floating**>&nf_slots[0]
     cdef Py_ssize_t nf_m = 0
     cdef bint have_a1 = False
-    global next_forward_count
     cdef const floating* Yp = opt_ptr2(Y)
     cdef const Py_ssize_t* lp = opt_labels(labels)
     cdef floating* wk = &work[0]
@@ -2121,7 +2132,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                                   &wn if want_loss and l2 != 0 else NULL, Xp, pp + s + m,
                                   next_m if pf_fits else 0, nf_rows, nf_m, wk, &have_a1)
             if have_a1:
-                next_forward_count += 1
+                fastnn_count_add(&next_forward_count, 1)
             wn_known = want_loss and l2 != 0
             if phase_timing:
                 tp = tick(PHASE_BACKWARD, tp)
