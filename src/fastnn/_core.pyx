@@ -531,6 +531,7 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     cdef fastnn_pf_plan plan
     cdef const fastnn_pf_plan* pf
     cdef fastnn_next_fwd nf
+    cdef const fastnn_next_fwd* nfp
     if job.kind == JOB_PREFETCH:
         prefetch_rows(<const floating*>job.X, job.idx, m, n_in)
         if t == 0 and (job.labels != NULL or job.Y != NULL):
@@ -615,23 +616,24 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
                 bad = small_tn_update(D, n_out, Ar, j0, W + j0, V + j0,
                                       S + j0 if S != NULL else NULL, n_in, m, n_out, nb, job.r,
                                       job.tn_scratch + t * job.tn_scratch_bytes, wsq, pf)
-            elif job.nf_m > 0 and l == 0:
-                # and the next batch's Z_1 = X W^T + b, activated, for W's rows j0..j1 (the
-                # biases were updated before this region)
-                Z = act_ptr(net, <floating*>job.nf_work, job.nf_m, 1)
-                nf.rows = <const void* const*>job.nf_rows
-                nf.m = job.nf_m
-                nf.ldz = n_out
-                nf.Z = <void*>(Z + j0)
-                bad = small_tn_update(D + j0, n_out, Ar, 0, W + j0 * n_in, V + j0 * n_in,
-                                      S + j0 * n_in if S != NULL else NULL, n_in, m, nb, n_in,
-                                      job.r, job.tn_scratch + t * job.tn_scratch_bytes, wsq,
-                                      NULL, &nf)
-                bias_activate(net.acts[0], Z, b, job.nf_m, n_out, j0, j1, <floating*>NULL)
             else:
+                nfp = NULL
+                if job.nf_m > 0 and l == 0:
+                    # and the next batch's Z_1 = X W^T (then + b, activated) for W's rows
+                    # j0..j1 (the biases were updated before this region)
+                    Z = act_ptr(net, <floating*>job.nf_work, job.nf_m, 1)
+                    nf.rows = <const void* const*>job.nf_rows
+                    nf.m = job.nf_m
+                    nf.ldz = n_out
+                    nf.Z = <void*>(Z + j0)
+                    nfp = &nf
+                    pf = NULL
                 bad = small_tn_update(D + j0, n_out, Ar, 0, W + j0 * n_in, V + j0 * n_in,
                                       S + j0 * n_in if S != NULL else NULL, n_in, m, nb, n_in,
-                                      job.r, job.tn_scratch + t * job.tn_scratch_bytes, wsq, pf)
+                                      job.r, job.tn_scratch + t * job.tn_scratch_bytes, wsq, pf,
+                                      nfp)
+                if nfp != NULL:
+                    bias_activate(net.acts[0], Z, b, job.nf_m, n_out, j0, j1, <floating*>NULL)
         elif job.by_cols:
             gemm_rm(Trans, NoTrans, <int>n_out, <int>nb, <int>m, <floating>1.0, D, <int>n_out,
                     A + j0, <int>n_in, <floating>(1 if job.accumulate else 0), gW + j0, <int>n_in)

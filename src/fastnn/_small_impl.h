@@ -30,7 +30,8 @@
         STEP(VMLOAD_MK, kv);                                                               \
     }
 
-/* The 4 x 2 block of dot products over len elements: s[r + 4 c] = a_r . w_c. */
+/* The 4 x 2 block of dot products over len elements: s[r + 4 c] = a_r . w_c (with the roles
+ * swapped, also the two rows left over by the 4-row blocks against 4 columns). */
 #define DOT_4X2_STEP(LD, at)                                                               \
     do {                                                                                   \
         VT x0 = LD(w0 + (at)), x1 = LD(w1 + (at));                                         \
@@ -55,33 +56,6 @@ FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const
     s[4] = HSUM(c10); s[5] = HSUM(c11); s[6] = HSUM(c12); s[7] = HSUM(c13);
 }
 #undef DOT_4X2_STEP
-
-/* The 2 x 4 block of dot products over len elements: s[r + 2 c] = a_r . w_c (for the two
- * rows left over by the 4-row blocks: 8 accumulators, as many as dot_4x2). */
-#define DOT_2X4_STEP(LD, at)                                                               \
-    do {                                                                                   \
-        VT y0 = LD(a0 + (at)), y1 = LD(a1 + (at));                                         \
-        VT x = LD(w0 + (at));                                                              \
-        c00 = VFMA(x, y0, c00); c01 = VFMA(x, y1, c01);                                    \
-        x = LD(w1 + (at));                                                                 \
-        c10 = VFMA(x, y0, c10); c11 = VFMA(x, y1, c11);                                    \
-        x = LD(w2 + (at));                                                                 \
-        c20 = VFMA(x, y0, c20); c21 = VFMA(x, y1, c21);                                    \
-        x = LD(w3 + (at));                                                                 \
-        c30 = VFMA(x, y0, c30); c31 = VFMA(x, y1, c31);                                    \
-    } while (0)
-FASTNN_AVX2 static inline void CAT(dot_2x4, SFX)(const T *a0, const T *a1, const T *w0,
-                                                const T *w1, const T *w2, const T *w3,
-                                                Py_ssize_t len, T *s)
-{
-    Py_ssize_t kk, kv = len - len % VL;
-    VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
-    VT c20 = VZERO(), c21 = VZERO(), c30 = VZERO(), c31 = VZERO();
-    DOT_STEPS(DOT_2X4_STEP)
-    s[0] = HSUM(c00); s[1] = HSUM(c01); s[2] = HSUM(c10); s[3] = HSUM(c11);
-    s[4] = HSUM(c20); s[5] = HSUM(c21); s[6] = HSUM(c30); s[7] = HSUM(c31);
-}
-#undef DOT_2X4_STEP
 
 /* The 4 x 3 block: s[r + 4 c] = a_r . w_c (12 accumulators: 7 loads feed 12 FMAs). */
 #define DOT_4X3_STEP(LD, at)                                                               \
@@ -186,10 +160,12 @@ FASTNN_AVX2 static void CAT(small_nt_tile, SFX)(const T *const *Ar, const T *W, 
     for (i = m4; i + 2 <= m; i += 2) {
         for (j = 0; j < n4; j += 4) {
             const T *w0 = W + j * k + t0;
-            CAT(dot_2x4, SFX)(Ar[i] + t0, Ar[i + 1] + t0, w0, w0 + k, w0 + 2 * k,
-                              w0 + 3 * k, tw, sb);
+            /* four rows of W against the two rows: the same products (an FMA's factors
+             * commute), so sb[c + 4 r] = a_r . w_c */
+            CAT(dot_4x2, SFX)(w0, w0 + k, w0 + 2 * k, w0 + 3 * k, Ar[i] + t0, Ar[i + 1] + t0,
+                              tw, sb);
             for (c = 0; c < 4; c++)
-                for (r = 0; r < 2; r++) Z[(i + r) * ldz + j + c] += sb[r + 2 * c];
+                for (r = 0; r < 2; r++) Z[(i + r) * ldz + j + c] += sb[c + 4 * r];
         }
         for (; j < n; j++)
             for (r = 0; r < 2; r++)
