@@ -297,6 +297,7 @@ cdef struct Job:
     int l
     Py_ssize_t m
     int ntasks
+    int nthreads            # threads sharing the tasks (task t is thread t % nthreads's first)
     bint by_cols            # split along columns (of Z, D_l or W) instead of rows
     Py_ssize_t split        # the length of the dimension divided between the tasks
     Py_ssize_t unit         # block sizes are multiples of this
@@ -339,6 +340,7 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.l = 0
     job.m = m
     job.ntasks = 1
+    job.nthreads = 1
     job.by_cols = False
     job.params = params
     job.grad = grad
@@ -396,7 +398,12 @@ cdef int run_job(Job* job) noexcept nogil:
         # Softmax needs whole rows; the sparse kernel whole rows of the input.
         job.by_cols = forward_splits_w(net, job.l, m, job.small, job.f32) and not sparse_layer(job)
         job.split = n_out if job.by_cols else m
-        job.unit = 4 if job.by_cols else 1
+        # fastnn's kernel takes any number of W's rows (blocks of 3, then 2, then 1), so the
+        # threads get equal shares (C3's and S1's 100 rows 50/50, not 48/52); but batches
+        # that take the k-tiled kernel keep 4-row blocks, those of the fused update split by
+        # W's rows (next_forward_fits relies on the two regions' blocks being the same)
+        job.unit = ((1 if job.small and m > nt_tiled_rows(job.f32) else 4)
+                    if job.by_cols else 1)
     elif job.kind == JOB_DELTA:
         job.by_cols = n_in > m
         job.split = n_in if job.by_cols else m
@@ -409,8 +416,9 @@ cdef int run_job(Job* job) noexcept nogil:
         # is the smaller one.
         job.by_cols = gradient_splits_cols(net, job.l, m, job.kind == JOB_GRAD_UPDATE and job.small)
         job.split = n_in if job.by_cols else n_out
-        # whole pairs of vectors of the fused kernel; whole 4-row blocks of W
-        job.unit = 16 if job.by_cols else 4
+        # whole cache lines of W's rows (no line written by two threads), at least pairs of
+        # vectors of the fused kernel; whole 4-row blocks of W
+        job.unit = (16 if job.f32 else 8) if job.by_cols else 4
         if sparse_layer(job):
             # blocks of the input's columns (whole 8-column panels of sparse_tn)
             job.by_cols = True
@@ -426,6 +434,7 @@ cdef int run_job(Job* job) noexcept nogil:
                  macs // min_task_macs, <Py_ssize_t>MAX_TASKS)
         nt = max(1, nt)
     job.ntasks = <int>nt
+    job.nthreads = <int>max(1, min(threads, nt))
     if job.nf_m > 0 and job.split < next_forward_min_rows * nt:
         # too few rows of W per task: the next batch's forward goes on its own (see
         # next_forward_min_rows)
@@ -470,12 +479,29 @@ cdef inline bint sparse_layer(const Job* job) noexcept nogil:
             and (job.kind == JOB_FORWARD and job.sp.fwd or job.kind == JOB_GRAD and job.sp.grad))
 
 
+cdef inline Py_ssize_t task_units(Py_ssize_t units, Py_ssize_t ntasks, Py_ssize_t threads,
+                                  Py_ssize_t t) noexcept nogil:
+    """The units of task t: thread h (h < threads) first runs tasks h, h + threads, ...
+    (see _pool.h), so the units are shared out between the threads as evenly as they go
+    (floor(U (h+1) / T) - floor(U h / T) for thread h), then each thread's share between
+    its tasks likewise. Splitting the tasks evenly instead gave one thread 16 of 30 rows
+    (4 tasks of 8, 8, 8, 6) and let the thread of the larger half set the region's time."""
+    cdef Py_ssize_t h = t % threads, q = t // threads
+    cdef Py_ssize_t share = units * (h + 1) // threads - units * h // threads
+    cdef Py_ssize_t nq = (ntasks - h + threads - 1) // threads
+    return share * (q + 1) // nq - share * q // nq
+
+
 cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
                             Py_ssize_t* j1) noexcept nogil:
-    """Block t of ntasks nearly equal blocks of whole units over [0, split)."""
-    cdef Py_ssize_t units = (job.split + job.unit - 1) // job.unit
-    j0[0] = min(job.split, job.unit * ((units * t) // job.ntasks))
-    j1[0] = min(job.split, job.unit * ((units * (t + 1)) // job.ntasks))
+    """Block t of the region's tasks over [0, split), in whole units (the last one may be
+    short), sized by task_units; the blocks lie in task order."""
+    cdef Py_ssize_t units = (job.split + job.unit - 1) // job.unit, before = 0, u
+    cdef Py_ssize_t threads = max(1, min(<Py_ssize_t>job.nthreads, <Py_ssize_t>job.ntasks))
+    for u in range(t):
+        before += task_units(units, job.ntasks, threads, u)
+    j0[0] = min(job.split, job.unit * before)
+    j1[0] = min(job.split, job.unit * (before + task_units(units, job.ntasks, threads, t)))
 
 
 cdef void job_task_any(void* ctx, int t) noexcept nogil:
@@ -723,6 +749,23 @@ def set_num_threads(int n):
 def get_num_threads():
     """Threads the kernels' parallel regions use (the caller included)."""
     return fastnn_pool_get_threads()
+
+
+def task_blocks(Py_ssize_t split, Py_ssize_t unit, int ntasks, int nthreads):
+    """The blocks [j0, j1) that ``ntasks`` tasks of a region take over [0, split) in whole
+    units (see task_range), task t being thread t % nthreads's first choice. For tests."""
+    cdef Job job
+    cdef Py_ssize_t j0, j1
+    cdef int t
+    if split < 0 or unit < 1 or not 1 <= ntasks <= MAX_TASKS or nthreads < 1:
+        raise ValueError(f"task_blocks: need split >= 0, unit >= 1, 1 <= ntasks <= {MAX_TASKS} "
+                         f"and nthreads >= 1; got {split}, {unit}, {ntasks}, {nthreads}")
+    job.split, job.unit, job.ntasks, job.nthreads = split, unit, ntasks, nthreads
+    out = []
+    for t in range(ntasks):
+        task_range(&job, t, &j0, &j1)
+        out.append((j0, j1))
+    return out
 
 
 def pool_tasks_run():
