@@ -151,6 +151,11 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
 #define VMSTORE(p, mask, v) _mm256_maskstore_pd((p), (mask), (v))
 /* acc (4 doubles) += w * w */
 #define SQACC(acc, w) acc = _mm256_fmadd_pd((w), (w), acc)
+/* the vector instructions' suffix, the broadcast, and the element size in bytes, as text
+ * for inline assembly */
+#define ASM_V "pd"
+#define ASM_BCAST "vbroadcastsd"
+#define ASM_T "8"
 #include "_small_impl.h"
 
 /* float */
@@ -182,6 +187,9 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
         acc = _mm256_fmadd_pd(lo_, lo_, acc);                                      \
         acc = _mm256_fmadd_pd(hi_, hi_, acc);                                      \
     } while (0)
+#define ASM_V "ps"
+#define ASM_BCAST "vbroadcastss"
+#define ASM_T "4"
 #include "_small_impl.h"
 
 /* Vectorized exp: x = n ln2 + r with |r| <= ln2/2 (n rounded, ln2 split in two so the
