@@ -36,12 +36,16 @@
     do {                                                                                   \
         VT x0 = LD(w0 + (at)), x1 = LD(w1 + (at));                                         \
         VT y = LD(a0 + (at));                                                              \
+        FASTNN_KEEP(y);                                                                    \
         c00 = VFMA(x0, y, c00); c10 = VFMA(x1, y, c10);                                    \
         y = LD(a1 + (at));                                                                 \
+        FASTNN_KEEP(y);                                                                    \
         c01 = VFMA(x0, y, c01); c11 = VFMA(x1, y, c11);                                    \
         y = LD(a2 + (at));                                                                 \
+        FASTNN_KEEP(y);                                                                    \
         c02 = VFMA(x0, y, c02); c12 = VFMA(x1, y, c12);                                    \
         y = LD(a3 + (at));                                                                 \
+        FASTNN_KEEP(y);                                                                    \
         c03 = VFMA(x0, y, c03); c13 = VFMA(x1, y, c13);                                    \
     } while (0)
 FASTNN_AVX2 static inline void CAT(dot_4x2, SFX)(const T *a0, const T *a1, const T *a2,
