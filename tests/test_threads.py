@@ -321,13 +321,14 @@ def test_phase_timing_accounts_the_training_steps():
     for th in (1, 2, 3) for nt in (th, 2 * th, 7)])
 def test_task_blocks_tile_the_range_and_share_it_evenly_between_threads(split, unit, ntasks,
                                                                         threads):
-    """The tasks' blocks lie in task order and cover [0, split) once, each a whole number of
-    units (the range's end may cut the last); thread h runs tasks h, h + T, ... (T = the
-    threads, at most the tasks), and the threads' shares of units differ by at most one."""
+    """The tasks' blocks lie in reverse task order and cover [0, split) once, each a whole
+    number of units (the range's end may cut the last, which goes to task 0: the caller's);
+    thread h runs tasks h, h + T, ... (T = the threads, at most the tasks), and the threads'
+    shares of units differ by at most one, the caller's being the smaller."""
     blocks = _core.task_blocks(split, unit, ntasks, threads)
     assert len(blocks) == ntasks
     at = 0
-    for j0, j1 in blocks:
+    for j0, j1 in reversed(blocks):
         assert j0 == at and j1 >= j0
         assert j0 % unit == 0 or j0 == split   # (empty blocks past the end)
         assert j1 % unit == 0 or j1 == split
@@ -338,16 +339,18 @@ def test_task_blocks_tile_the_range_and_share_it_evenly_between_threads(split, u
     shares = [sum(-(-(j1 - j0) // unit) for j0, j1 in blocks[h::T]) for h in range(T)]
     assert sum(shares) == units
     assert max(shares) - min(shares) <= 1
+    assert shares[0] == min(shares)
+    assert blocks[0][1] == split
 
 
 def test_task_blocks_split_a_hundred_rows_in_halves_and_thirty_as_the_fused_kernel_needs():
     """C3's and S1's forward product (100 rows of W, any block, 2 threads): 50 rows each, not
-    48 and 52. C1's (30 rows in 4-row blocks, 2 tasks per thread): 16 and 14 rows, the best
-    whole 4-row blocks allow. S1's float64 update (784 columns, one cache line = 8 columns):
-    392 each."""
-    assert _core.task_blocks(100, 1, 2, 2) == [(0, 50), (50, 100)]
+    48 and 52. C1's (30 rows in 4-row blocks, 2 tasks per thread): 14 rows for the caller
+    (tasks 0 and 2) and 16 for the helper, the best whole 4-row blocks allow. S1's float64
+    update (784 columns, one cache line = 8 columns): 392 each."""
+    assert _core.task_blocks(100, 1, 2, 2) == [(50, 100), (0, 50)]
     c1 = _core.task_blocks(30, 4, 4, 2)
-    assert [b - a for a, b in c1] == [8, 8, 8, 6]
-    assert _core.task_blocks(784, 8, 2, 2) == [(0, 392), (392, 784)]
+    assert [b - a for a, b in c1] == [6, 8, 8, 8]
+    assert _core.task_blocks(784, 8, 2, 2) == [(392, 784), (0, 392)]
     with pytest.raises(ValueError, match="unit >= 1"):
         _core.task_blocks(10, 0, 2, 2)

@@ -495,10 +495,14 @@ cdef inline Py_ssize_t task_units(Py_ssize_t units, Py_ssize_t ntasks, Py_ssize_
 cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
                             Py_ssize_t* j1) noexcept nogil:
     """Block t of the region's tasks over [0, split), in whole units (the last one may be
-    short), sized by task_units; the blocks lie in task order."""
+    short), sized by task_units. The blocks lie in reverse task order, so a short last unit,
+    and the smaller share when the units do not divide evenly, go to thread 0, the caller,
+    which publishes the region before it starts its tasks and runs the serial work between
+    regions (C1's 30 rows of W in 4-row blocks: 14 for the caller, 16 for the helper;
+    alternating processes, 0.969 and 0.993 of the epoch time with the caller taking 16)."""
     cdef Py_ssize_t units = (job.split + job.unit - 1) // job.unit, before = 0, u
     cdef Py_ssize_t threads = max(1, min(<Py_ssize_t>job.nthreads, <Py_ssize_t>job.ntasks))
-    for u in range(t):
+    for u in range(t + 1, job.ntasks):
         before += task_units(units, job.ntasks, threads, u)
     j0[0] = min(job.split, job.unit * before)
     j1[0] = min(job.split, job.unit * (before + task_units(units, job.ntasks, threads, t)))
