@@ -484,8 +484,8 @@ cdef inline Py_ssize_t task_units(Py_ssize_t units, Py_ssize_t ntasks, Py_ssize_
     """The units of task t: thread h (h < threads) first runs tasks h, h + threads, ...
     (see _pool.h), so the units are shared out between the threads as evenly as they go
     (floor(U (h+1) / T) - floor(U h / T) for thread h), then each thread's share between
-    its tasks likewise. Splitting the tasks evenly instead gave one thread 16 of 30 rows
-    (4 tasks of 8, 8, 8, 6) and let the thread of the larger half set the region's time."""
+    its tasks likewise. Splitting the tasks evenly instead gave 30 units in 4 tasks as 7, 8,
+    7, 8: 14 for one thread, 16 for the other, which then set the region's time."""
     cdef Py_ssize_t h = t % threads, q = t // threads
     cdef Py_ssize_t share = units * (h + 1) // threads - units * h // threads
     cdef Py_ssize_t nq = (ntasks - h + threads - 1) // threads
