@@ -412,7 +412,7 @@ typedef struct {
 /* The gradient sums of a 4 x NV block over the batch, in named registers (an array of
  * accumulators lets the compiler spill one into memory inside the loop): rows r < 4 of the
  * block, vectors v < NV; A row i's strip at SRC(i, NV), D's four values at dp + 4 i. */
-#define TN_SUMS_3(SRC)                                                                     \
+#define TN_SUMS_3_TN_INPLACE(SRC)                                                          \
     VT g00 = VZERO(), g01 = VZERO(), g02 = VZERO(), g10 = VZERO(), g11 = VZERO(), g12 = VZERO(); \
     VT g20 = VZERO(), g21 = VZERO(), g22 = VZERO(), g30 = VZERO(), g31 = VZERO(), g32 = VZERO(); \
     for (i = 0; i < m; i++) {                                                              \
@@ -451,13 +451,13 @@ typedef struct {
     }                                                                                      \
     VT g_[4][1] = {{g00}, {g10}, {g20}, {g30}}
 
-/* TN_SUMS_3 over the packed strip (row i's 3 vectors at Ap + 3 VL i, D's four values at
- * dp + 4 i), its loop written in assembly with the batch's 3 vectors and the broadcast in
- * ymm12-15 and the 12 sums in the other registers: compiled from C, GCC kept only 15 of the
- * 16 registers busy and read one or two of the 3 vectors from memory again for each FMA
- * (10-13 loads per 12 FMAs instead of 7) or kept a sum in memory. The same FMAs in the same
- * order: g[r][v] = d_r * a_v + g[r][v]. */
-#define TN_SUMS_3_PACKED                                                                   \
+/* The sums of TN_SUMS_3_TN_INPLACE over the packed strip (row i's 3 vectors at Ap + 3 VL i,
+ * D's four values at dp + 4 i), its loop written in assembly with the batch's 3 vectors and
+ * the broadcast in ymm12-15 and the 12 sums in the other registers: compiled from C, GCC kept
+ * only 15 of the 16 registers busy and read one or two of the 3 vectors from memory again for
+ * each FMA (10-13 loads per 12 FMAs instead of 7) or kept a sum in memory. The same FMAs in
+ * the same order: g[r][v] = d_r * a_v + g[r][v]. */
+#define TN_SUMS_3_TN_PACKED(SRC)                                                           \
     VT g00 = VZERO(), g01 = VZERO(), g02 = VZERO(), g10 = VZERO(), g11 = VZERO(), g12 = VZERO(); \
     VT g20 = VZERO(), g21 = VZERO(), g22 = VZERO(), g30 = VZERO(), g31 = VZERO(), g32 = VZERO(); \
     if (m > 0) {                                                                           \
@@ -496,14 +496,8 @@ typedef struct {
     }                                                                                      \
     VT g_[4][3] = {{g00, g01, g02}, {g10, g11, g12}, {g20, g21, g22}, {g30, g31, g32}}
 
-/* the sums of a 4 x NV block: 3 vectors of the packed strip in assembly, the rest in C */
-#define TN_SUMS_SEL(NV, SRC) CAT(TN_SUMS_SEL_, CAT(NV, SRC))(SRC)
-#define TN_SUMS_SEL_3TN_PACKED(SRC) TN_SUMS_3_PACKED
-#define TN_SUMS_SEL_3TN_INPLACE(SRC) TN_SUMS_3(SRC)
-#define TN_SUMS_SEL_2TN_PACKED(SRC) TN_SUMS_2(SRC)
-#define TN_SUMS_SEL_2TN_INPLACE(SRC) TN_SUMS_2(SRC)
-#define TN_SUMS_SEL_1TN_PACKED(SRC) TN_SUMS_1(SRC)
-#define TN_SUMS_SEL_1TN_INPLACE(SRC) TN_SUMS_1(SRC)
+/* the 4 x 3 sums: over the packed strip in assembly, over rows in place in C */
+#define TN_SUMS_3(SRC) CAT(TN_SUMS_3_, SRC)(SRC)
 
 /* The 4 x NV block of the weight gradient g[r][v] = sum_i D[i][j + r] A[i][kk + v VL] over
  * the batch, then the update of W's block (row stride ldw; velocity at V's, second moment
@@ -512,7 +506,7 @@ typedef struct {
     do {                                                                                   \
         int rx_, vx_;                                                                      \
         fastnn_pf_slice(pf, &pf_at, pf_step);                                              \
-        TN_SUMS_SEL(NV, SRC);                                                              \
+        TN_SUMS_##NV(SRC);                                                                 \
         {                                                                                  \
             TN_UPDATE_LOCALS;                                                              \
             for (rx_ = 0; rx_ < 4; rx_++)                                                  \
@@ -759,14 +753,8 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
 #undef TN_SUMS_3
 #undef TN_SUMS_2
 #undef TN_SUMS_1
-#undef TN_SUMS_3_PACKED
-#undef TN_SUMS_SEL
-#undef TN_SUMS_SEL_3TN_PACKED
-#undef TN_SUMS_SEL_3TN_INPLACE
-#undef TN_SUMS_SEL_2TN_PACKED
-#undef TN_SUMS_SEL_2TN_INPLACE
-#undef TN_SUMS_SEL_1TN_PACKED
-#undef TN_SUMS_SEL_1TN_INPLACE
+#undef TN_SUMS_3_TN_PACKED
+#undef TN_SUMS_3_TN_INPLACE
 #undef TN_UPDATE_LOCALS
 #undef TN_UPDATE_FOLD
 #undef TN_PACKED
