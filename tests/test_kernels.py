@@ -181,10 +181,10 @@ def test_feedforward_kernel_directly_matches_numpy():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("small", ["tiled", "row-blocks", "default", "blas"])
 def test_forward_kernel_every_batch_size_and_odd_widths(dtype, small):
-    """Chunks of 1..21 rows through layers whose widths are not multiples of the kernels'
-    blocks (4 rows, 2 or 4 columns, vectors of 4 or 8, tiles of 256 inputs), with the small
-    forward kernel's k-tiled variant for every chunk up to 16 rows, its row-block variant
-    from 1 row up, the default choice, or BLAS."""
+    """Chunks of 1..30 rows through layers whose widths are not multiples of the kernels'
+    blocks (4 or 6 rows, 2, 3 or 4 columns, vectors of 4 or 8, tiles of 256 inputs), with the
+    small forward kernel's k-tiled variant for every chunk up to 16 rows, its row-block
+    variant from 1 row up, the default choice, or BLAS."""
     tiled = {"tiled": (16, 16), "row-blocks": (0, 0)}.get(small)
     old_tiled = _core.set_tiled_max_rows(*tiled) if tiled else None
     try:
@@ -198,18 +198,44 @@ def _forward_every_batch_size(dtype, small):
     sizes = [301, 37, 23, 5]
     net = fastnn.Network(sizes, hidden=["sigmoid", "relu"], output="softmax", cost="log-likelihood",
                          dtype=dtype, seed=3)
-    X = np.random.default_rng(4).standard_normal((21, 301)).astype(dtype)
+    X = np.random.default_rng(4).standard_normal((30, 301)).astype(dtype)
     _, As = np_forward(sizes, net.activations, net.params.astype(np.float64), X.astype(np.float64))
     old = _core.set_small_max_rows(1 << 30 if small else 0)
     try:
-        for m in range(1, 22):
-            out = np.empty((21, 5), dtype=dtype)
+        for m in range(1, 31):
+            out = np.empty((30, 5), dtype=dtype)
             work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
             _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, m)
             np.testing.assert_allclose(out, As[-1], rtol=RTOL[dtype], atol=RTOL[dtype],
                                        err_msg=f"chunks of {m} rows")
     finally:
         _core.set_small_max_rows(old)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_row_blocks_give_the_same_bits_whatever_the_block(dtype):
+    """The row-block kernel takes 6-row blocks (against 2 rows of W) while an even number of
+    them leaves a multiple of 4 rows, then 4-row blocks (against 3, 2, 1): every entry is the
+    same full-length dot product either way. So a row's output is the same bits in chunks of
+    4 (4-row blocks only), 12, 24 and 28 rows (6-row blocks, then 4-row ones)."""
+    sizes = [301, 37, 23, 5]
+    net = fastnn.Network(sizes, hidden=["relu", "tanh"], output="softmax", cost="log-likelihood",
+                         dtype=dtype, seed=5)
+    X = np.random.default_rng(6).standard_normal((168, 301)).astype(dtype)
+    old_tiled = _core.set_tiled_max_rows(0, 0)
+    old = _core.set_small_max_rows(1 << 30)
+    try:
+        outs = {}
+        for m in (4, 12, 24, 28):
+            out = np.empty((168, 5), dtype=dtype)
+            work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
+            _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, m)
+            outs[m] = out
+    finally:
+        _core.set_small_max_rows(old)
+        _core.set_tiled_max_rows(*old_tiled)
+    for m in (12, 24, 28):
+        np.testing.assert_array_equal(outs[m], outs[4], err_msg=f"chunks of {m} rows")
 
 
 def test_predict_is_argmax_and_threshold():
