@@ -209,6 +209,10 @@ class Trainer:
         self.grad = aligned_empty(net.n_params, net.dtype)
         self.work = (aligned_empty(_core.workspace_size(net._sizes_c, min(batch_size, self.n)),
                                    net.dtype) if engine == "cython" else None)
+        # the threads' relative speeds in each layer's regions, learnt from step to step
+        # (see balance_blocks in _core.pyx)
+        self.balance = (np.ones(_core.balance_size(len(net.sizes) - 1))
+                        if engine == "cython" else None)
 
     def _steps(self, perm, start, stop, want_loss):
         net, opt = self.net, self.optimizer
@@ -222,7 +226,8 @@ class Trainer:
         if self.engine == "cython":
             done, finite, loss, t = _core.train_steps(
                 net._sizes_c, net._acts_c, net._cost_c, net.params, self.grad, vel, sq, self.X,
-                self.Y, self.labels, perm, self.batch_size, start, stop, self.work, *args)
+                self.Y, self.labels, perm, self.batch_size, start, stop, self.work, *args,
+                balance=self.balance)
         else:
             done, finite, loss, t = reference.train_steps(
                 net, net.params, self.grad, vel, sq, self.X, self.Y, self.labels, perm,

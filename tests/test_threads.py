@@ -354,3 +354,105 @@ def test_task_blocks_split_a_hundred_rows_in_halves_and_thirty_as_the_fused_kern
     assert _core.task_blocks(784, 8, 2, 2) == [(392, 784), (0, 392)]
     with pytest.raises(ValueError, match="unit >= 1"):
         _core.task_blocks(10, 0, 2, 2)
+
+
+@pytest.mark.parametrize("split,unit", [(100, 1), (784, 16), (784, 8), (30, 4), (10, 4), (3, 1)])
+@pytest.mark.parametrize("speeds", [[1, 1], [3, 1], [1, 3], [1, 1e6], [0.8, 1, 1.2, 2], [5, 1, 1]])
+def test_balanced_blocks_tile_the_range_in_proportion_to_the_speeds(split, unit, speeds):
+    """Blocks sized by the threads' speeds (one task per thread) lie in reverse task order,
+    cover [0, split) once in whole units (the short last one the caller's), give every task
+    at least one unit and each thread units in proportion to its speed, to within one; equal
+    speeds give task_range's blocks."""
+    T = len(speeds)
+    units = -(-split // unit)
+    if units < T:
+        with pytest.raises(ValueError, match="a unit for each"):
+            _core.task_blocks(split, unit, T, T, speeds)
+        return
+    blocks = _core.task_blocks(split, unit, T, T, speeds)
+    at = 0
+    for j0, j1 in reversed(blocks):
+        assert j0 == at and j1 > j0
+        assert j0 % unit == 0 and (j1 % unit == 0 or j1 == split)
+        at = j1
+    assert at == split and blocks[0][1] == split
+    got = [-(-(j1 - j0) // unit) for j0, j1 in blocks]
+    want = [units * s / sum(speeds) for s in speeds]
+    assert all(g >= 1 for g in got)
+    assert all(abs(g - w) < 1 + 1e-9 or g == 1 or g == units - (T - 1) for g, w in zip(got, want)), (got, want)
+    if len(set(speeds)) == 1:
+        assert blocks == _core.task_blocks(split, unit, T, T)
+
+
+def test_balanced_blocks_reject_bad_speeds():
+    for bad in ([1], [1, 0], [1, -2], [1, float("nan")], [1, float("inf")]):
+        with pytest.raises(ValueError, match="speeds needs one positive finite value per task"):
+            _core.task_blocks(100, 1, 2, 2, bad)
+    with pytest.raises(ValueError, match="mode must be 0, 1 or 2"):
+        _core.set_balance(3)
+
+
+def _train_balanced(dtype, rule, balance, mode, threads=2):
+    """Two epochs of train_steps on a net whose first layer's forward product splits W's
+    rows (64 > the batch's 40) and whose fused update splits W's columns, both regions with
+    one task per thread: the regions balance_free lets the speeds size."""
+    fastnn.set_num_threads(threads)
+    X, y = make_data(203, 300, 10, seed=21)
+    net = fastnn.Network([300, 64, 10], hidden="relu", output="softmax", cost="log-likelihood",
+                         dtype=dtype, seed=22)
+    opt = fastnn.Adam(eta=0.01) if rule == "adam" else fastnn.SGD(eta=0.1, momentum=0.9,
+                                                                  nesterov=rule == "nesterov")
+    from fastnn.training import Trainer
+    trainer = Trainer(net, X.astype(dtype), None, y, batch_size=40, optimizer=opt, lmbda=0.5)
+    if balance is not None:
+        trainer.balance[:] = np.tile(np.r_[balance, np.ones(_core.MAX_THREADS - len(balance))],
+                                     len(trainer.balance) // _core.MAX_THREADS)
+    else:
+        trainer.balance = None
+    old = _core.set_balance(mode)
+    try:
+        before = _core.balance_counts()
+        rng = np.random.default_rng(23)
+        for _ in range(2):
+            done, finite, _ = trainer._steps(rng.permutation(len(X)).astype(np.intp), 0, len(X), False)
+            assert finite and done == 6
+        after = _core.balance_counts()
+    finally:
+        _core.set_balance(old)
+    return net.params.copy(), opt._state_for(net)[0].copy(), after[0] - before[0], after[1] - before[1]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rule", ["momentum", "nesterov", "adam"])
+def test_blocks_sized_by_the_speeds_give_the_same_bits(dtype, rule):
+    """The regions whose blocks follow the threads' speeds compute every element the same way
+    in any block: training with the caller's share at 3/4, at 1/4, learnt from the timings,
+    or with equal blocks gives identical parameters and optimizer state, bit for bit."""
+    ref_p, ref_v, regions, _ = _train_balanced(dtype, rule, None, 1)
+    assert regions == 0
+    for speeds, mode in (([3, 1], 2), ([1, 3], 2), ([1, 1], 1)):
+        p, v, regions, learned = _train_balanced(dtype, rule, speeds, mode)
+        # forward and update of layer 0 in each of the 12 steps (the last batch of 3 rows
+        # takes neither: too small a product to split)
+        assert regions == 2 * 10, (speeds, regions)
+        if mode == 2:
+            assert learned == 0
+        np.testing.assert_array_equal(p, ref_p, err_msg=f"speeds {speeds}")
+        np.testing.assert_array_equal(v, ref_v, err_msg=f"speeds {speeds}")
+
+
+def test_speeds_move_toward_the_measured_rates():
+    """Each region moves the threads' speeds a quarter of the way toward its measured rates
+    (units per second, relative to their mean; the speeds keep a mean of 1), so a helper
+    taking twice as long per unit for a while ends with about half the caller's speed; a
+    task 4x slower or faster than the mean (preempted) leaves them alone."""
+    w = [1.0, 1.0]
+    for _ in range(40):
+        w = _core.balance_step(w, [50, 50], [100_000, 200_000])
+    assert w[0] / w[1] == pytest.approx(2.0, rel=1e-3)
+    assert sum(w) == pytest.approx(2.0)
+    w1 = _core.balance_step([1.0, 1.0], [50, 50], [100_000, 200_000])
+    assert w1 == pytest.approx([1.0 + 0.25 / 3, 1.0 - 0.25 / 3])
+    assert _core.balance_step([1.0, 1.0], [50, 50], [100_000, 1_000_000]) == [1.0, 1.0]
+    # blocks in proportion to the speeds, finishing together: nothing to move
+    assert _core.balance_step([1.2, 0.8], [60, 40], [100_000, 100_000]) == pytest.approx([1.2, 0.8])

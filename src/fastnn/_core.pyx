@@ -158,6 +158,8 @@ cdef extern from "_pool.h" nogil:
     int fastnn_pool_set_threads(int n)
     int fastnn_pool_get_threads()
     int fastnn_pool_cpu_count()
+    int fastnn_pool_self()
+    long fastnn_pool_now_ns()
     long fastnn_pool_tasks_run(int who)
     int FASTNN_HAVE_POOL
     int FASTNN_POOL_MAX_THREADS
@@ -329,6 +331,15 @@ cdef struct Job:
     void* nf_work
     double wsq[MAX_TASKS]
     int bad[MAX_TASKS]      # per task: 1 if a new parameter is not finite
+    # feedback balancing (see balance_blocks): the speeds of the threads, per layer and
+    # region (NULL: the static blocks of task_range); the region's slot in them (-1: static
+    # blocks), each task's block [bal_j0, bal_j1), its time and the thread that ran it
+    double* bal
+    int bal_slot
+    Py_ssize_t bal_j0[MAX_TASKS]
+    Py_ssize_t bal_j1[MAX_TASKS]
+    long task_ns[MAX_TASKS]
+    int ran_on[MAX_TASKS]
 
 
 cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* params,
@@ -366,6 +377,8 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.nf_rows = NULL
     job.nf_m = 0
     job.nf_work = NULL
+    job.bal = NULL
+    job.bal_slot = -1
 
 
 cdef int run_job(Job* job) noexcept nogil:
@@ -439,13 +452,154 @@ cdef int run_job(Job* job) noexcept nogil:
         # too few rows of W per task: the next batch's forward goes on its own (see
         # next_forward_min_rows)
         job.nf_m = 0
+    job.bal_slot = -1
+    if (job.bal != NULL and balance_mode != BALANCE_OFF and nt >= 2 and nt == job.nthreads
+            and balance_free(job)):
+        job.bal_slot = (job.l * 2 + (job.kind == JOB_GRAD_UPDATE)) * FASTNN_POOL_MAX_THREADS
+        balance_blocks(job)
+        fastnn_count_add(&balance_regions, 1)
     if nt == 1:
         job_task_any(<void*>job, 0)
     else:
         fastnn_pool_run(job.ntasks, job_task_any, <void*>job)
+    if job.bal_slot >= 0:
+        balance_learn(job)
     for t in range(job.ntasks):
         bad |= job.bad[t]
     return bad
+
+
+# Feedback balancing. A vCPU of a shared machine is now and then a quarter slower than the
+# other for seconds at a time (the host runs other work on its core), and equal blocks then
+# leave the faster thread waiting at every region's end. So in the regions whose results do
+# not depend on their blocks (balance_free), with one task per thread, each thread's block
+# is sized by its speed in that region (units per second, averaged over the steps before),
+# and the threads finish together. Only where the blocks cannot change a bit: which
+# thread computes an element never changes how it is computed (each entry of Z is one
+# dot product over the whole fan-in; each weight's gradient one sum over the batch rows in
+# order, then the rule), so the results stay reproducible bit for bit whatever the timing.
+cdef enum:
+    BALANCE_OFF = 0
+    BALANCE_ADAPT = 1   # blocks by the measured speeds (the default)
+    BALANCE_FIXED = 2   # blocks by the speeds as they are, never updated (for tests)
+cdef int balance_mode = BALANCE_ADAPT
+# a step's measurement moves the speeds this far toward it; a thread measured more than
+# BALANCE_OUTLIER times faster or slower than the mean (a preempted task) is not believed
+cdef double balance_gain = 0.25
+cdef double BALANCE_OUTLIER = 4.0
+cdef Py_ssize_t balance_regions = 0, balance_learned = 0
+
+
+cdef inline bint balance_free(const Job* job) noexcept nogil:
+    """Whether the region's results are the same bits whatever its blocks: fastnn's forward
+    kernel over blocks of W's rows for batches past the k-tiled size (every entry of Z is
+    the same dot product in any block; bias and activation elementwise), and the fused
+    update without a sum of squares (whose per-task partial sums would group differently)
+    or the next batch's forward (which takes the update's blocks as the forward's)."""
+    if sparse_layer(job) or not job.small:
+        return False
+    if job.kind == JOB_FORWARD:
+        return job.by_cols and job.unit == 1
+    return job.kind == JOB_GRAD_UPDATE and not job.want_sq and job.nf_m == 0
+
+
+cdef void balance_blocks(Job* job) noexcept nogil:
+    """Blocks in whole units sized by the threads' speeds w (task t = thread t), at least one
+    unit each, laid out in reverse task order like task_range's (the last unit, which may
+    be short, goes to the caller)."""
+    cdef const double* w = job.bal + job.bal_slot
+    cdef int T = job.ntasks, h
+    cdef Py_ssize_t units = (job.split + job.unit - 1) // job.unit, prev = 0, cut
+    cdef double total = 0, acc = 0
+    for h in range(T):
+        total += w[h]
+    for h in range(T):
+        acc += w[h]
+        cut = units if h == T - 1 else <Py_ssize_t>(units * acc / total)
+        cut = max(prev + 1, min(cut, units - (T - 1 - h)))
+        job.bal_j0[h] = min(job.split, job.unit * (units - cut))
+        job.bal_j1[h] = min(job.split, job.unit * (units - prev))
+        prev = cut
+
+
+cdef void balance_learn(Job* job) noexcept nogil:
+    """Move the threads' speeds toward this region's (see balance_move), unless a task ran
+    on another thread than its own (a helper was late, or the pool was busy and the caller
+    ran them all)."""
+    cdef int T = job.ntasks, h
+    cdef double units[MAX_TASKS]
+    if balance_mode != BALANCE_ADAPT:
+        return
+    for h in range(T):
+        if job.ran_on[h] != h:
+            return
+        units[h] = <double>(job.bal_j1[h] - job.bal_j0[h])
+    if balance_move(job.bal + job.bal_slot, T, units, job.task_ns):
+        fastnn_count_add(&balance_learned, 1)
+
+
+cdef bint balance_move(double* w, int T, const double* units, const long* ns) noexcept nogil:
+    """w_h += balance_gain (r_h / mean(r) - w_h) for the rates r_h = units_h / ns_h, then
+    scaled to a mean of 1; nothing when a rate is more than BALANCE_OUTLIER times above or
+    below the mean (a preempted task) or a time is not positive. Returns whether it moved."""
+    cdef double rate[MAX_TASKS]
+    cdef double mean = 0, s, norm = 0
+    cdef int h
+    for h in range(T):
+        if ns[h] <= 0:
+            return False
+        rate[h] = units[h] / ns[h]
+        mean += rate[h]
+    mean /= T
+    for h in range(T):
+        s = rate[h] / mean
+        if s * BALANCE_OUTLIER < 1 or s > BALANCE_OUTLIER:
+            return False
+    for h in range(T):
+        w[h] += balance_gain * (rate[h] / mean - w[h])
+        norm += w[h]
+    for h in range(T):
+        w[h] *= T / norm
+    return True
+
+
+def balance_step(speeds, units, times_ns):
+    """balance_move on Python lists (the speeds, each thread's units and nanoseconds);
+    returns the new speeds. For tests."""
+    cdef int T = len(speeds), h
+    cdef double w[MAX_TASKS]
+    cdef double u[MAX_TASKS]
+    cdef long ns[MAX_TASKS]
+    if not 1 <= T <= MAX_TASKS or len(units) != T or len(times_ns) != T:
+        raise ValueError(f"balance_step: need 1..{MAX_TASKS} speeds and as many units and "
+                         f"times; got {len(speeds)}, {len(units)}, {len(times_ns)}")
+    for h in range(T):
+        w[h], u[h], ns[h] = speeds[h], units[h], times_ns[h]
+    balance_move(w, T, u, ns)
+    return [w[h] for h in range(T)]
+
+
+def balance_size(int L):
+    """Length of the speeds buffer ``train_steps`` takes for a network of L layers."""
+    return max(1, L) * 2 * FASTNN_POOL_MAX_THREADS
+
+
+def set_balance(int mode):
+    """How regions whose results do not depend on their blocks size them: 0 equal blocks
+    (task_range), 1 by the threads' measured speeds (the default), 2 by the speeds in the
+    buffer as given, never updated (for tests); returns the old mode."""
+    global balance_mode
+    if mode not in (BALANCE_OFF, BALANCE_ADAPT, BALANCE_FIXED):
+        raise ValueError(f"set_balance: mode must be 0, 1 or 2; got {mode}")
+    old = balance_mode
+    balance_mode = mode
+    return old
+
+
+def balance_counts():
+    """(regions so far whose blocks were sized by the threads' speeds, regions whose
+    measured times moved those speeds). For tests."""
+    return balance_regions, balance_learned
 
 
 cdef inline bint forward_splits_w(const Net* net, int l, Py_ssize_t m, bint small,
@@ -502,6 +656,10 @@ cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
     alternating processes, 0.969 and 0.993 of the epoch time with the caller taking 16)."""
     cdef Py_ssize_t units = (job.split + job.unit - 1) // job.unit, before = 0, u
     cdef Py_ssize_t threads = max(1, min(<Py_ssize_t>job.nthreads, <Py_ssize_t>job.ntasks))
+    if job.bal_slot >= 0:
+        j0[0] = job.bal_j0[t]
+        j1[0] = job.bal_j1[t]
+        return
     for u in range(t + 1, job.ntasks):
         before += task_units(units, job.ntasks, threads, u)
     j0[0] = min(job.split, job.unit * before)
@@ -510,10 +668,14 @@ cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
 
 cdef void job_task_any(void* ctx, int t) noexcept nogil:
     cdef Job* job = <Job*>ctx
+    cdef long t0 = fastnn_pool_now_ns() if job.bal_slot >= 0 else 0
     if job.f32:
         job_task(job, t, <float*>NULL)
     else:
         job_task(job, t, <double*>NULL)
+    if job.bal_slot >= 0:
+        job.task_ns[t] = fastnn_pool_now_ns() - t0
+        job.ran_on[t] = fastnn_pool_self()
 
 
 cdef void next_rows_plan(const Job* job, int t, fastnn_pf_plan* plan) noexcept nogil:
@@ -755,16 +917,33 @@ def get_num_threads():
     return fastnn_pool_get_threads()
 
 
-def task_blocks(Py_ssize_t split, Py_ssize_t unit, int ntasks, int nthreads):
+def task_blocks(Py_ssize_t split, Py_ssize_t unit, int ntasks, int nthreads, speeds=None):
     """The blocks [j0, j1) that ``ntasks`` tasks of a region take over [0, split) in whole
-    units (see task_range), task t being thread t % nthreads's first choice. For tests."""
+    units (see task_range), task t being thread t % nthreads's first choice; with
+    ``speeds`` (one per thread, one task per thread), the blocks balance_blocks sizes by
+    them. For tests."""
     cdef Job job
     cdef Py_ssize_t j0, j1
     cdef int t
+    cdef double w[MAX_TASKS]
     if split < 0 or unit < 1 or not 1 <= ntasks <= MAX_TASKS or nthreads < 1:
         raise ValueError(f"task_blocks: need split >= 0, unit >= 1, 1 <= ntasks <= {MAX_TASKS} "
                          f"and nthreads >= 1; got {split}, {unit}, {ntasks}, {nthreads}")
     job.split, job.unit, job.ntasks, job.nthreads = split, unit, ntasks, nthreads
+    job.bal_slot = -1
+    if speeds is not None:
+        if (len(speeds) != ntasks or ntasks != nthreads or ntasks > FASTNN_POOL_MAX_THREADS
+                or (split + unit - 1) // unit < ntasks
+                or not all(v > 0 and v == v and v != float("inf") for v in speeds)):
+            raise ValueError(f"task_blocks: speeds needs one positive finite value per task, "
+                             f"one task per thread (at most {FASTNN_POOL_MAX_THREADS}) and "
+                             f"a unit for each; got {speeds!r} for {ntasks} tasks, "
+                             f"{nthreads} threads, {(split + unit - 1) // unit} units")
+        for t in range(ntasks):
+            w[t] = speeds[t]
+        job.bal = w
+        job.bal_slot = 0
+        balance_blocks(&job)
     out = []
     for t in range(ntasks):
         task_range(&job, t, &j0, &j1)
@@ -848,7 +1027,8 @@ cdef void bias_activate(int code, floating* Z, const floating* b,
 
 cdef void forward(const Net* net, const floating* params, const floating* A0,
                   const floating** rows, floating* work, Py_ssize_t m,
-                  bint keep_z, const SparseInput* sp=NULL, bint have_a1=False) noexcept nogil:
+                  bint keep_z, const SparseInput* sp=NULL, bint have_a1=False,
+                  double* bal=NULL) noexcept nogil:
     """A_1..A_L for the m input rows.
 
     The layers that ``small_layer`` accepts use the small-batch kernels,
@@ -871,6 +1051,7 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
     job.f32 = floating is float
     job.keep_z = keep_z
     job.sp = sp
+    job.bal = bal
     for l in range(net.L):
         n_out = net.sizes[l + 1]
         Z = act_ptr(net, work, m, l + 1)
@@ -1450,7 +1631,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
                          const floating* X=NULL, const Py_ssize_t* next_idx=NULL,
                          Py_ssize_t next_m=0, const floating** next_rows=NULL,
                          Py_ssize_t next_fwd_m=0, floating* next_work=NULL,
-                         bint* formed_a1=NULL) noexcept nogil:
+                         bint* formed_a1=NULL, double* bal=NULL) noexcept nogil:
     """Backward pass that updates each layer as soon as its delta is known.
 
     Going down from the output, layer l first propagates the delta with its
@@ -1486,6 +1667,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     job.X = <const void*>X
     job.pf_idx = next_idx
     job.pf_m = next_m if X != NULL and next_idx != NULL else 0
+    job.bal = bal
     for l in range(net.L - 1, -1, -1):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
@@ -2049,7 +2231,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 Py_ssize_t batch_size, Py_ssize_t start, Py_ssize_t stop,
                 floating[::1] work, int mode, double eta, double mu, double l2,
                 bint l2_per_batch, double beta1, double beta2, double eps,
-                Py_ssize_t t, bint want_loss):
+                Py_ssize_t t, bint want_loss, double[::1] balance=None):
     """Mini-batch steps over the samples ``perm[start:stop]``.
 
     Each step takes the next ``batch_size`` rows (fewer for the last one),
@@ -2065,6 +2247,10 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     ``loss_sum`` is the sum over the steps of ``m * (C0 of the batch +
     l2_b/2 sum ||W||^2)`` evaluated before each update (so ``loss_sum / n``
     over an epoch is the running training loss scikit-learn reports).
+
+    ``balance`` (``balance_size(L)`` doubles, all 1.0 at first, kept from call to call)
+    holds the threads' speeds that size the blocks of the regions whose results do not
+    depend on them (see balance_blocks); None gives every region equal blocks.
     """
     cdef Net net
     make_net(&net, sizes, acts, cost)
@@ -2101,6 +2287,12 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef bint wn_known = False
     cdef Job gather, ahead
     cdef double tp = 0
+    cdef double* bal = NULL
+    if balance is not None:
+        if balance.shape[0] < balance_size(net.L):
+            raise ValueError(f"train_steps: balance needs {balance_size(net.L)} entries; "
+                             f"got {balance.shape[0]}")
+        bal = &balance[0]
     cdef floating* Aout
     cdef floating* Zout
     cdef Rule r
@@ -2140,7 +2332,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 run_job(&ahead)
             if phase_timing:
                 tp = tick(PHASE_GATHER, tp)
-            forward(&net, &params[0], wk, rows, wk, m, want_loss, NULL, have_a1)
+            forward(&net, &params[0], wk, rows, wk, m, want_loss, NULL, have_a1, bal)
             if phase_timing:
                 tp = tick(PHASE_FORWARD, tp)
             l2_b = l2 / m if l2_per_batch else l2
@@ -2179,7 +2371,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
             bad = backward_update(&net, &params[0], &grad[0], &vel[0], &sq[0], wk, rows,
                                   wk, m, &r, tn_scratch, tn_bytes,
                                   &wn if want_loss and l2 != 0 else NULL, Xp, pp + s + m,
-                                  next_m if pf_fits else 0, nf_rows, nf_m, wk, &have_a1)
+                                  next_m if pf_fits else 0, nf_rows, nf_m, wk, &have_a1, bal)
             if have_a1:
                 fastnn_count_add(&next_forward_count, 1)
             wn_known = want_loss and l2 != 0

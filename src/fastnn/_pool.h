@@ -80,6 +80,10 @@ static struct {
 } fastnn_pool = {0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, {0, 0}, PTHREAD_MUTEX_INITIALIZER,
                  PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
+/* The pool's index of the calling thread: h in helper h, 0 in any other thread */
+static __thread int fastnn_pool_me = 0;
+static int fastnn_pool_self(void) { return fastnn_pool_me; }
+
 static long fastnn_pool_now_ns(void)
 {
     struct timespec ts;
@@ -148,6 +152,7 @@ static void *fastnn_pool_helper(void *arg)
 {
     int h = (int)(intptr_t)arg;
     uint32_t seen = 0;
+    fastnn_pool_me = h;
     for (;;) {
         long idle_since = fastnn_pool_now_ns();
         int spins = 0;
@@ -287,6 +292,8 @@ static void fastnn_pool_run(int ntasks, fastnn_task_fn fn, void *ctx)
     for (t = 0; t < ntasks; t++) fn(ctx, t);
 }
 static int fastnn_pool_cpu_count(void) { return 1; }
+static int fastnn_pool_self(void) { return 0; }
+static long fastnn_pool_now_ns(void) { return 0; }
 #endif
 
 /* Threads a region may use (caller included), clamped to [1, FASTNN_POOL_MAX_THREADS]
