@@ -392,53 +392,66 @@ def test_balanced_blocks_reject_bad_speeds():
         _core.set_balance(3)
 
 
-def _train_balanced(dtype, rule, balance, mode, threads=2):
+def _train_balanced(dtype, rule, balance, mode, batch, threads=2):
     """Two epochs of train_steps on a net whose first layer's forward product splits W's
-    rows (64 > the batch's 40) and whose fused update splits W's columns, both regions with
-    one task per thread: the regions balance_free lets the speeds size."""
+    rows (more than the batch has) and whose fused update splits W's columns (batches of
+    40) or rows (20), both regions with one task per thread: the regions balance_free lets
+    the speeds size."""
     fastnn.set_num_threads(threads)
     X, y = make_data(203, 300, 10, seed=21)
-    net = fastnn.Network([300, 64, 10], hidden="relu", output="softmax", cost="log-likelihood",
-                         dtype=dtype, seed=22)
+    net = fastnn.Network([300, 64 if batch == 40 else 96, 10], hidden="relu", output="softmax",
+                         cost="log-likelihood", dtype=dtype, seed=22)
     opt = fastnn.Adam(eta=0.01) if rule == "adam" else fastnn.SGD(eta=0.1, momentum=0.9,
                                                                   nesterov=rule == "nesterov")
     from fastnn.training import Trainer
-    trainer = Trainer(net, X.astype(dtype), None, y, batch_size=40, optimizer=opt, lmbda=0.5)
+    trainer = Trainer(net, X.astype(dtype), None, y, batch_size=batch, optimizer=opt, lmbda=0.5)
     if balance is not None:
         trainer.balance[:] = np.tile(np.r_[balance, np.ones(_core.MAX_THREADS - len(balance))],
                                      len(trainer.balance) // _core.MAX_THREADS)
     else:
         trainer.balance = None
     old = _core.set_balance(mode)
+    losses = []
     try:
         before = _core.balance_counts()
         rng = np.random.default_rng(23)
         for _ in range(2):
-            done, finite, _ = trainer._steps(rng.permutation(len(X)).astype(np.intp), 0, len(X), False)
-            assert finite and done == 6
+            done, finite, loss = trainer._steps(rng.permutation(len(X)).astype(np.intp), 0, len(X),
+                                                True)
+            assert finite and done == -(-len(X) // batch)
+            losses.append(loss)
         after = _core.balance_counts()
     finally:
         _core.set_balance(old)
-    return net.params.copy(), opt._state_for(net)[0].copy(), after[0] - before[0], after[1] - before[1]
+    return (net.params.copy(), opt._state_for(net)[0].copy(), losses, after[0] - before[0],
+            after[1] - before[1])
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("rule", ["momentum", "nesterov", "adam"])
-def test_blocks_sized_by_the_speeds_give_the_same_bits(dtype, rule):
+@pytest.mark.parametrize("batch", [40, 20])
+def test_blocks_sized_by_the_speeds_give_the_same_bits(dtype, rule, batch):
     """The regions whose blocks follow the threads' speeds compute every element the same way
     in any block: training with the caller's share at 3/4, at 1/4, learnt from the timings,
-    or with equal blocks gives identical parameters and optimizer state, bit for bit."""
-    ref_p, ref_v, regions, _ = _train_balanced(dtype, rule, None, 1)
+    or with equal blocks gives identical parameters and optimizer state, bit for bit. The
+    running loss (its L2 term needs the sum of squares of the new weights, which the
+    balanced update leaves to a pass of its own) is the same bits whatever the blocks, and
+    agrees with the unbalanced run's (the tasks' partial sums) to rounding."""
+    ref_p, ref_v, ref_loss, regions, _ = _train_balanced(dtype, rule, None, 1, batch)
     assert regions == 0
+    first_loss = None
     for speeds, mode in (([3, 1], 2), ([1, 3], 2), ([1, 1], 1)):
-        p, v, regions, learned = _train_balanced(dtype, rule, speeds, mode)
-        # forward and update of layer 0 in each of the 12 steps (the last batch of 3 rows
-        # takes neither: too small a product to split)
-        assert regions == 2 * 10, (speeds, regions)
+        p, v, loss, regions, learned = _train_balanced(dtype, rule, speeds, mode, batch)
+        # forward and update of layer 0 in each step of both epochs but their last (3 rows:
+        # the k-tiled forward kernel, several tasks per thread for the update)
+        assert regions == 2 * 2 * (200 // batch), (speeds, regions)
         if mode == 2:
             assert learned == 0
         np.testing.assert_array_equal(p, ref_p, err_msg=f"speeds {speeds}")
         np.testing.assert_array_equal(v, ref_v, err_msg=f"speeds {speeds}")
+        first_loss = loss if first_loss is None else first_loss
+        assert loss == first_loss, (speeds, loss, first_loss)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
 
 
 def test_speeds_move_toward_the_measured_rates():

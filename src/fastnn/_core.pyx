@@ -45,6 +45,7 @@ cdef extern from *:
 
 cdef enum:
     MAX_LAYERS = 256
+    SQ_UNITS_MAX = 1024     # units of a balanced update's sum of squares (see Job)
 
 # Activation and cost codes; fastnn/activations.py and fastnn/costs.py hold
 # the same numbers in their registries.
@@ -340,6 +341,10 @@ cdef struct Job:
     Py_ssize_t bal_j1[MAX_TASKS]
     long task_ns[MAX_TASKS]
     int ran_on[MAX_TASKS]
+    # a balanced fused update that owes the sum of squares of its new weights: each task
+    # writes one partial sum per unit of its block (see sumsq_col_units), added in order
+    bint sq_units_on
+    double sq_units[SQ_UNITS_MAX]
 
 
 cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* params,
@@ -379,6 +384,7 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.nf_work = NULL
     job.bal = NULL
     job.bal_slot = -1
+    job.sq_units_on = False
 
 
 cdef int run_job(Job* job) noexcept nogil:
@@ -390,6 +396,7 @@ cdef int run_job(Job* job) noexcept nogil:
     cdef Py_ssize_t m = job.m, n_in = net.sizes[job.l], n_out = net.sizes[job.l + 1]
     cdef Py_ssize_t macs = m * n_in * n_out, threads = fastnn_pool_get_threads(), nt
     cdef int t, bad = 0
+    cdef bint sq_after
     if job.kind == JOB_PREFETCH:
         # each thread reads the rows in its own tasks, so each asks for all of them
         job.ntasks = <int>min(threads, <Py_ssize_t>MAX_TASKS)
@@ -453,17 +460,30 @@ cdef int run_job(Job* job) noexcept nogil:
         # next_forward_min_rows)
         job.nf_m = 0
     job.bal_slot = -1
+    sq_after = False
     if (job.bal != NULL and balance_mode != BALANCE_OFF and nt >= 2 and nt == job.nthreads
             and balance_free(job)):
         job.bal_slot = (job.l * 2 + (job.kind == JOB_GRAD_UPDATE)) * FASTNN_POOL_MAX_THREADS
         balance_blocks(job)
         fastnn_count_add(&balance_regions, 1)
+        # the tasks' partial sums of squares would group by the blocks: each task sums its
+        # new weights per unit instead, and the units' sums add up in order after
+        sq_after = job.want_sq
+        job.want_sq = False
+        job.sq_units_on = sq_after
     if nt == 1:
         job_task_any(<void*>job, 0)
     else:
         fastnn_pool_run(job.ntasks, job_task_any, <void*>job)
     if job.bal_slot >= 0:
         balance_learn(job)
+    if sq_after:
+        job.want_sq = True
+        job.sq_units_on = False
+        for t in range(job.ntasks):
+            job.wsq[t] = 0
+        for t in range((job.split + job.unit - 1) // job.unit):
+            job.wsq[0] += job.sq_units[t]
     for t in range(job.ntasks):
         bad |= job.bad[t]
     return bad
@@ -494,13 +514,39 @@ cdef inline bint balance_free(const Job* job) noexcept nogil:
     """Whether the region's results are the same bits whatever its blocks: fastnn's forward
     kernel over blocks of W's rows for batches past the k-tiled size (every entry of Z is
     the same dot product in any block; bias and activation elementwise), and the fused
-    update without a sum of squares (whose per-task partial sums would group differently)
-    or the next batch's forward (which takes the update's blocks as the forward's)."""
+    update (each weight's gradient one sum over the batch in order, then the rule; its sum
+    of squares, which the tasks' partial sums would group by the blocks, then comes from
+    per-unit sums: see run_job) without the next batch's forward (which takes the update's
+    blocks as the forward's)."""
     if sparse_layer(job) or not job.small:
         return False
     if job.kind == JOB_FORWARD:
         return job.by_cols and job.unit == 1
-    return job.kind == JOB_GRAD_UPDATE and not job.want_sq and job.nf_m == 0
+    return (job.kind == JOB_GRAD_UPDATE and job.nf_m == 0
+            and (not job.want_sq or (job.split + job.unit - 1) // job.unit <= SQ_UNITS_MAX))
+
+
+cdef void sumsq_units(Job* job, const floating* W, Py_ssize_t n_in, Py_ssize_t n_out,
+                      Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """The sums of squares of the new weights in block [j0, j1) of W (n_out x n_in), one
+    per unit of the split (columns: sumsq_col_units; rows: whole rows of W) into
+    job.sq_units."""
+    cdef Py_ssize_t r
+    if job.by_cols:
+        if floating is float:
+            sumsq_col_units_s(W, n_in, n_out, j0, j1, job.unit, &job.sq_units[j0 // job.unit])
+        else:
+            sumsq_col_units_d(W, n_in, n_out, j0, j1, job.unit, &job.sq_units[j0 // job.unit])
+    else:
+        r = j0
+        while r < j1:
+            if floating is float:
+                job.sq_units[r // job.unit] = fastnn_sumsq_s(W + r * n_in,
+                                                             min(job.unit, j1 - r) * n_in)
+            else:
+                job.sq_units[r // job.unit] = fastnn_sumsq_d(W + r * n_in,
+                                                             min(job.unit, j1 - r) * n_in)
+            r += job.unit
 
 
 cdef void balance_blocks(Job* job) noexcept nogil:
@@ -826,6 +872,8 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
                                       nfp)
                 if nfp != NULL:
                     bias_activate(net.acts[0], Z, b, job.nf_m, n_out, j0, j1, <floating*>NULL)
+            if job.sq_units_on:
+                sumsq_units(job, W, n_in, n_out, j0, j1)
         elif job.by_cols:
             gemm_rm(Trans, NoTrans, <int>n_out, <int>nb, <int>m, <floating>1.0, D, <int>n_out,
                     A + j0, <int>n_in, <floating>(1 if job.accumulate else 0), gW + j0, <int>n_in)
@@ -1337,6 +1385,10 @@ cdef extern from "_small.h" nogil:
                           const fastnn_pf_plan* pf, const fastnn_next_fwd* nf)
     Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n)
     Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n)
+    void sumsq_col_units_d(const double* W, Py_ssize_t ldw, Py_ssize_t n, Py_ssize_t c0,
+                           Py_ssize_t c1, Py_ssize_t unit, double* out)
+    void sumsq_col_units_s(const float* W, Py_ssize_t ldw, Py_ssize_t n, Py_ssize_t c0,
+                           Py_ssize_t c1, Py_ssize_t unit, double* out)
     int fastnn_nt_tiled_rows_s
     Py_ssize_t fastnn_l2_bytes()
     void small_nn_d(const double* D, Py_ssize_t ldd, const double* W, Py_ssize_t ldw, double* Z,

@@ -297,6 +297,10 @@ static int small_tn_update_s(const float *D, Py_ssize_t ldd, const float *const 
                              const fastnn_pf_plan *pf, const fastnn_next_fwd *nf) { return 1; }
 static Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n) { return 64; }
 static Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n) { return 64; }
+static void sumsq_col_units_d(const double *W, Py_ssize_t ldw, Py_ssize_t n, Py_ssize_t c0,
+                              Py_ssize_t c1, Py_ssize_t unit, double *out) {}
+static void sumsq_col_units_s(const float *W, Py_ssize_t ldw, Py_ssize_t n, Py_ssize_t c0,
+                              Py_ssize_t c1, Py_ssize_t unit, double *out) {}
 #endif
 
 #endif

@@ -836,6 +836,37 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
 #undef TN_PACKED
 #undef TN_INPLACE
 
+/* Sums of squares, in double, of W's columns [c0, c1) over its n rows (row stride ldw): one
+ * per unit of `unit` columns (at most 2 vectors; the last unit may be cut by c1), each the
+ * sum over the rows in order of its two vectors' squares, out[u] for the unit at
+ * c0 + u unit. So a unit's sum is the same bits in whichever block of columns it lies. */
+FASTNN_AVX2 static void CAT(sumsq_col_units, SFX)(const T *W, Py_ssize_t ldw, Py_ssize_t n,
+                                                 Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t unit,
+                                                 double *out)
+{
+    Py_ssize_t c, j;
+    for (c = c0; c < c1; c += unit) {
+        Py_ssize_t w = c1 - c < unit ? c1 - c : unit;
+        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        const T *p = W + c;
+        if (w == 2 * VL) {
+            for (j = 0; j < n; j++, p += ldw) {
+                VT x = VLOAD(p), y = VLOAD(p + VL);
+                SQACC(a0, x);
+                SQACC(a1, y);
+            }
+        } else {
+            const __m256i m0 = VTAILMASK(w < VL ? w : VL), m1 = VTAILMASK(w > VL ? w - VL : 0);
+            for (j = 0; j < n; j++, p += ldw) {
+                VT x = VMLOAD(p, m0), y = VMLOAD(p + VL, m1);
+                SQACC(a0, x);
+                SQACC(a1, y);
+            }
+        }
+        out[(c - c0) / unit] = fastnn_hsum_d(_mm256_add_pd(a0, a1));
+    }
+}
+
 /* The update rule over a segment of n parameters, vectorized, with the same arithmetic
  * as update_segment in _core.pyx (which documents the rules; mode 3 is Adam, with
  * c1 = 1 - b1 and c2 = 1 - b2 rounded once): the results are identical. Returns 1 if a
