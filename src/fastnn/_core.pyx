@@ -422,8 +422,13 @@ cdef int run_job(Job* job) noexcept nogil:
         # threads get equal shares (C3's and S1's 100 rows 50/50, not 48/52); but batches
         # that take the k-tiled kernel keep 4-row blocks, those of the fused update split by
         # W's rows (next_forward_fits relies on the two regions' blocks being the same)
-        job.unit = ((1 if job.small and m > nt_tiled_rows(job.f32) else 4)
-                    if job.by_cols else 1)
+        # Blocks of the batch's rows go in whole 4-row units when the row-block kernel takes
+        # every block of 4 rows or more (float32): then only the batch's last m % 4 rows
+        # take the k-tiled kernel, in any blocks (see balance_free)
+        if job.by_cols:
+            job.unit = 1 if job.small and m > nt_tiled_rows(job.f32) else 4
+        else:
+            job.unit = 4 if forward_rows_any_blocks(job) else 1
     elif job.kind == JOB_DELTA:
         job.by_cols = n_in > m
         job.split = n_in if job.by_cols else m
@@ -513,7 +518,8 @@ cdef Py_ssize_t balance_regions = 0, balance_learned = 0
 cdef inline bint balance_free(const Job* job) noexcept nogil:
     """Whether the region's results are the same bits whatever its blocks: fastnn's forward
     kernel over blocks of W's rows for batches past the k-tiled size (every entry of Z is
-    the same dot product in any block; bias and activation elementwise), and the fused
+    the same dot product in any block; bias and activation elementwise) or over 4-row
+    blocks of the batch (forward_rows_any_blocks), and the fused
     update (each weight's gradient one sum over the batch in order, then the rule; its sum
     of squares, which the tasks' partial sums would group by the blocks, then comes from
     per-unit sums: see run_job) without the next batch's forward (which takes the update's
@@ -521,9 +527,18 @@ cdef inline bint balance_free(const Job* job) noexcept nogil:
     if sparse_layer(job) or not job.small:
         return False
     if job.kind == JOB_FORWARD:
-        return job.by_cols and job.unit == 1
+        return job.unit == 1 if job.by_cols else forward_rows_any_blocks(job)
     return (job.kind == JOB_GRAD_UPDATE and job.nf_m == 0
             and (not job.want_sq or (job.split + job.unit - 1) // job.unit <= SQ_UNITS_MAX))
+
+
+cdef inline bint forward_rows_any_blocks(const Job* job) noexcept nogil:
+    """Whether a forward region over blocks of the batch's rows gives the same bits in any
+    blocks of whole 4-row units: fastnn's kernel (not sparse), which takes its row-block
+    variant for every block of 4 rows or more (the k-tiled variant only up to 3 rows, as
+    float32 does) and so the k-tiled one only for the last m % 4 rows of the batch."""
+    return (job.kind == JOB_FORWARD and not job.by_cols and job.small and not sparse_layer(job)
+            and nt_tiled_rows(job.f32) < 4)
 
 
 cdef void sumsq_units(Job* job, const floating* W, Py_ssize_t n_in, Py_ssize_t n_out,
