@@ -418,13 +418,13 @@ cdef int run_job(Job* job) noexcept nogil:
         # Softmax needs whole rows; the sparse kernel whole rows of the input.
         job.by_cols = forward_splits_w(net, job.l, m, job.small, job.f32) and not sparse_layer(job)
         job.split = n_out if job.by_cols else m
-        # fastnn's kernel takes any number of W's rows (blocks of 3, then 2, then 1), so the
+        # fastnn's kernel takes any number of W's rows (blocks of 2 or 3, then 1), so the
         # threads get equal shares (C3's and S1's 100 rows 50/50, not 48/52); but batches
         # that take the k-tiled kernel keep 4-row blocks, those of the fused update split by
-        # W's rows (next_forward_fits relies on the two regions' blocks being the same)
-        # Blocks of the batch's rows go in whole 4-row units when the row-block kernel takes
+        # W's rows (next_forward_fits relies on the two regions' blocks being the same).
+        # Blocks of the batch's rows are whole 4-row units where the row-block kernel takes
         # every block of 4 rows or more (float32): then only the batch's last m % 4 rows
-        # take the k-tiled kernel, in any blocks (see balance_free)
+        # take the k-tiled kernel, whatever the blocks (see balance_free).
         if job.by_cols:
             job.unit = 1 if job.small and m > nt_tiled_rows(job.f32) else 4
         else:
@@ -494,15 +494,17 @@ cdef int run_job(Job* job) noexcept nogil:
     return bad
 
 
-# Feedback balancing. A vCPU of a shared machine is now and then a quarter slower than the
-# other for seconds at a time (the host runs other work on its core), and equal blocks then
-# leave the faster thread waiting at every region's end. So in the regions whose results do
-# not depend on their blocks (balance_free), with one task per thread, each thread's block
-# is sized by its speed in that region (units per second, averaged over the steps before),
-# and the threads finish together. Only where the blocks cannot change a bit: which
-# thread computes an element never changes how it is computed (each entry of Z is one
-# dot product over the whole fan-in; each weight's gradient one sum over the batch rows in
-# order, then the rule), so the results stay reproducible bit for bit whatever the timing.
+# Feedback balancing. On a shared machine one vCPU is now and then a quarter to a half
+# slower than the other for minutes at a time (here: C3's forward tasks took 116 us on one
+# thread and 71 us on the other, step after step), and equal blocks then leave the faster
+# thread waiting at every region's end. So in the regions whose results do not depend on
+# their blocks (balance_free), with one task per thread, each thread's block is sized by
+# its speed in that region (units per nanosecond, averaged over the steps before), and the
+# threads finish together (in that minute C3's epoch took 0.18-0.21 s instead of
+# 0.23-0.24). Only where the blocks cannot change a bit: which thread computes an element
+# never changes how it is computed (each entry of Z is one dot product over the whole
+# fan-in; each weight's gradient one sum over the batch rows in order, then the rule), so
+# the results stay reproducible bit for bit whatever the timing.
 cdef enum:
     BALANCE_OFF = 0
     BALANCE_ADAPT = 1   # blocks by the measured speeds (the default)
@@ -516,14 +518,14 @@ cdef Py_ssize_t balance_regions = 0, balance_learned = 0
 
 
 cdef inline bint balance_free(const Job* job) noexcept nogil:
-    """Whether the region's results are the same bits whatever its blocks: fastnn's forward
-    kernel over blocks of W's rows for batches past the k-tiled size (every entry of Z is
-    the same dot product in any block; bias and activation elementwise) or over 4-row
-    blocks of the batch (forward_rows_any_blocks), and the fused
-    update (each weight's gradient one sum over the batch in order, then the rule; its sum
-    of squares, which the tasks' partial sums would group by the blocks, then comes from
-    per-unit sums: see run_job) without the next batch's forward (which takes the update's
-    blocks as the forward's)."""
+    """Whether the region's results are the same bits whatever its blocks:
+    - fastnn's forward kernel over blocks of W's rows for batches past the k-tiled size
+      (every entry of Z is the same dot product in any block; bias and activation are
+      elementwise) or over 4-row blocks of the batch (forward_rows_any_blocks);
+    - the fused update (each weight's gradient is one sum over the batch in order, then the
+      rule), unless it also forms the next batch's forward (which takes the update's blocks
+      as the forward's). Its sum of squares, which the tasks' partial sums would group by
+      the blocks, then comes from per-unit sums (see run_job), at most SQ_UNITS_MAX."""
     if sparse_layer(job) or not job.small:
         return False
     if job.kind == JOB_FORWARD:
