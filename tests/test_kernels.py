@@ -334,6 +334,32 @@ def test_params_layout_is_w0_b0_w1_b1():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shift", [1, 3, 5])
+def test_vector_exp_gives_each_element_the_same_bits_wherever_it_lies(dtype, shift):
+    """The AVX2 exp's result for an element depends on its value only: not on whether it
+    falls in a whole vector or the last partial one, nor on an out-of-range neighbour in its
+    vector (which alone takes libm). So sigmoid outputs moved along by `shift` columns (W's
+    rows and b rolled) are the same outputs, rolled, bit for bit; a thread's block of
+    columns may then start anywhere."""
+    net = fastnn.Network([3, 37], hidden="identity", output="sigmoid", cost="cross-entropy",
+                         dtype=dtype, seed=0)
+    rolled = net.copy()
+    W, b = net.weights[0], net.biases[0]
+    rolled.weights[0][...] = np.roll(W, shift, axis=0)
+    rolled.biases[0][...] = np.roll(b, shift)
+    rng = np.random.default_rng(2)
+    X = np.concatenate([rng.standard_normal((40, 3)) * s for s in (0.1, 3.0, 30.0, 300.0)])
+    X = np.concatenate([X, [[1e4, 0, 0], [-1e4, 0, 0], [np.nan, 0, 0]]]).astype(dtype)
+    outs = []
+    for n in (net, rolled):
+        out = np.empty((X.shape[0], 37), dtype=dtype)
+        work = np.empty(_core.workspace_size(n._sizes_c, X.shape[0]), dtype=dtype)
+        _core.feedforward(n._sizes_c, n._acts_c, n._cost_c, n.params, X, out, work, X.shape[0])
+        outs.append(out)
+    np.testing.assert_array_equal(np.roll(outs[0], shift, axis=1), outs[1])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("output", ["sigmoid", "softmax"])
 def test_vector_exp_agrees_with_libm_and_keeps_nan_and_extremes(dtype, output):
     """sigmoid and softmax through the AVX2 exp: within a few ulp of the libm path, exact

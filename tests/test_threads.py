@@ -398,12 +398,12 @@ def test_balanced_blocks_reject_bad_speeds():
 BALANCED_HIDDEN = {40: 64, 20: 96, 64: 32}
 
 
-def _train_balanced(dtype, rule, balance, mode, batch, threads=2):
+def _train_balanced(dtype, rule, balance, mode, batch, threads=2, hidden="relu"):
     """Two epochs of train_steps on 203 rows with a net of BALANCED_HIDDEN[batch] hidden
     units, in the regions balance_free lets the speeds size."""
     fastnn.set_num_threads(threads)
     X, y = make_data(203, 300, 10, seed=21)
-    net = fastnn.Network([300, BALANCED_HIDDEN[batch], 10], hidden="relu", output="softmax",
+    net = fastnn.Network([300, BALANCED_HIDDEN[batch], 10], hidden=hidden, output="softmax",
                          cost="log-likelihood", dtype=dtype, seed=22)
     opt = fastnn.Adam(eta=0.01) if rule == "adam" else fastnn.SGD(eta=0.1, momentum=0.9,
                                                                   nesterov=rule == "nesterov")
@@ -434,18 +434,22 @@ def _train_balanced(dtype, rule, balance, mode, batch, threads=2):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("rule", ["momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("batch", [40, 20, 64])
-def test_blocks_sized_by_the_speeds_give_the_same_bits(dtype, rule, batch):
+@pytest.mark.parametrize("hidden", ["relu", "sigmoid"])
+def test_blocks_sized_by_the_speeds_give_the_same_bits(dtype, rule, batch, hidden):
     """The regions whose blocks follow the threads' speeds compute every element the same way
     in any block: training with the caller's share at 3/4, at 1/4, learnt from the timings,
     or with equal blocks gives identical parameters and optimizer state, bit for bit. The
     running loss (its L2 term needs the sum of squares of the new weights, which the
     balanced update leaves to a pass of its own) is the same bits whatever the blocks, and
-    agrees with the unbalanced run's (the tasks' partial sums) to rounding."""
-    ref_p, ref_v, ref_loss, regions, _ = _train_balanced(dtype, rule, None, 1, batch)
+    agrees with the unbalanced run's (the tasks' partial sums) to rounding. Sigmoid units
+    check that the vector exp gives each activation the same bits in any block."""
+    ref_p, ref_v, ref_loss, regions, _ = _train_balanced(dtype, rule, None, 1, batch,
+                                                         hidden=hidden)
     assert regions == 0
     first_loss = None
     for speeds, mode in (([3, 1], 2), ([1, 3], 2), ([1, 1], 1)):
-        p, v, loss, regions, learned = _train_balanced(dtype, rule, speeds, mode, batch)
+        p, v, loss, regions, learned = _train_balanced(dtype, rule, speeds, mode, batch,
+                                                       hidden=hidden)
         # forward and update of layer 0 in each step of both epochs but their last (3 or 11
         # rows: too small a product for one task per thread), but the forward over the
         # batch's rows in float64 (whose k-tiled kernel takes blocks of up to 16 rows)
@@ -475,3 +479,45 @@ def test_speeds_move_toward_the_measured_rates():
     assert _core.balance_step([1.0, 1.0], [50, 50], [100_000, 1_000_000]) == [1.0, 1.0]
     # blocks in proportion to the speeds, finishing together: nothing to move
     assert _core.balance_step([1.2, 0.8], [60, 40], [100_000, 100_000]) == pytest.approx([1.2, 0.8])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("batch,threads", [(40, 1), (40, 2), (100, 2), (20, 2)])
+def test_fused_update_skipping_zero_deltas_gives_the_same_bits(dtype, rule, batch, threads):
+    """The fused update's sparse variant (each row of W summed over the batch rows whose
+    delta is not zero, in order: a ReLU layer's delta is zero wherever its unit is off) adds
+    the same terms in the same order as the dense 4 x 3 blocks, so training with it forced
+    on (at any density) or off gives the same bits. 301 inputs leave a partial vector (the
+    dense code's); batches of 40 take 12-vector strips, 100 take 6; with 20 rows the two
+    threads split W's 96 rows (one task each: 48 rows, enough to pack the strips)."""
+    fastnn.set_num_threads(threads)
+    X, y = make_data(230, 301, 7, seed=31)
+    out = {}
+    for density in (0.0, 1.0, 0.6):
+        old = _core.set_fused_sparse(density)
+        try:
+            net = fastnn.Network([301, 96 if batch == 20 else 48, 7], hidden="relu",
+                                 output="softmax", cost="log-likelihood", dtype=dtype, seed=32)
+            opt = (fastnn.Adam(eta=0.01) if rule == "adam" else
+                   fastnn.SGD(eta=0.1, momentum=0.0 if rule == "plain" else 0.9,
+                              nesterov=rule == "nesterov"))
+            net.fit(X.astype(dtype), y, epochs=2, batch_size=batch, optimizer=opt, lmbda=0.5,
+                    seed=33, monitor_training=False)
+            out[density] = (net.params.copy(), opt._state_for(net)[0].copy())
+        finally:
+            _core.set_fused_sparse(old)
+    for density in (1.0, 0.6):
+        np.testing.assert_array_equal(out[density][0], out[0.0][0], err_msg=f"density {density}")
+        np.testing.assert_array_equal(out[density][1], out[0.0][1], err_msg=f"density {density}")
+
+
+def test_set_fused_sparse_validates_and_returns_the_old_value():
+    old = _core.set_fused_sparse(0.25)
+    try:
+        assert _core.set_fused_sparse(0.5) == 0.25
+        for bad in (-0.1, 1.5):
+            with pytest.raises(ValueError, match=r"max_density must be in \[0, 1\]"):
+                _core.set_fused_sparse(bad)
+    finally:
+        _core.set_fused_sparse(old)

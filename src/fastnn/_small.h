@@ -200,63 +200,85 @@ FASTNN_AVX2 static inline float fastnn_hsum_s(__m256 v)
  * reduction is exact enough), e^r by its Taylor polynomial (degree 13 for double, 7 for
  * float: truncation below half an ulp), times 2^n built in the exponent bits. Lanes
  * outside the range where 2^n is a normal number (and NaN) take the scalar libm path,
- * so overflow, underflow to subnormals and NaN behave as exp(). Accurate to about 1 ulp. */
+ * so overflow, underflow to subnormals and NaN behave as exp(). Accurate to about 1 ulp.
+ * Each element's result depends on its value only, not on where it lies in x: the last
+ * partial vector goes through the same arithmetic under a mask, and only the lanes out of
+ * range take libm. (A region's blocks, which the threads' speeds may move from step to
+ * step, then never change a bit of an activation.) */
 #include <math.h>
-FASTNN_AVX2 static void fastnn_exp_inplace_d(double *x, Py_ssize_t n)
-{
-    Py_ssize_t i, l;
-    const __m256d log2e = _mm256_set1_pd(1.4426950408889634), c1 = _mm256_set1_pd(0.6931471803691238),
-                  c2 = _mm256_set1_pd(1.9082149292705877e-10), lo = _mm256_set1_pd(-708.0),
-                  hi = _mm256_set1_pd(709.0);
-    static const double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
-                                        1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
-                                        1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
-    for (i = 0; i + 4 <= n; i += 4) {
-        __m256d v = _mm256_loadu_pd(x + i);
-        __m256d inr = _mm256_and_pd(_mm256_cmp_pd(v, lo, _CMP_GE_OQ), _mm256_cmp_pd(v, hi, _CMP_LE_OQ));
-        if (_mm256_movemask_pd(inr) != 0xf) {
-            for (l = 0; l < 4; l++) x[i + l] = exp(x[i + l]);
-            continue;
-        }
-        __m256d k = _mm256_round_pd(_mm256_mul_pd(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256d r = _mm256_fnmadd_pd(k, c1, v);
-        r = _mm256_fnmadd_pd(k, c2, r);
-        __m256d p = _mm256_set1_pd(inv_fact[13]);
-        int d;
-        for (d = 12; d >= 0; d--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(inv_fact[d]));
-        __m256i e = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k));
-        e = _mm256_slli_epi64(_mm256_add_epi64(e, _mm256_set1_epi64x(1023)), 52);
-        _mm256_storeu_pd(x + i, _mm256_mul_pd(p, _mm256_castsi256_pd(e)));
+#define FASTNN_EXP_INPLACE(NAME, T, VT, VLN, LOADU, STOREU, MLOAD, MSTORE, TAILMASK, CMP,      \
+                           AND, MOVEMASK, FULL, LO, HI, EXPF, BODY)                            \
+    FASTNN_AVX2 static void NAME(T *x, Py_ssize_t n)                                           \
+    {                                                                                          \
+        Py_ssize_t i, l;                                                                       \
+        for (i = 0; i < n; i += VLN) {                                                         \
+            const Py_ssize_t rem = n - i < VLN ? n - i : VLN;                                  \
+            const __m256i mk = TAILMASK(rem);                                                  \
+            VT v = rem == VLN ? LOADU(x + i) : MLOAD(x + i, mk), out;                          \
+            VT inr = AND(CMP(v, LO, _CMP_GE_OQ), CMP(v, HI, _CMP_LE_OQ));                      \
+            BODY                                                                               \
+            if (rem == VLN) STOREU(x + i, out); else MSTORE(x + i, mk, out);                   \
+            if (MOVEMASK(inr) != FULL) {                                                       \
+                T in_[VLN];                                                                    \
+                STOREU(in_, v);                                                                \
+                for (l = 0; l < rem; l++)                                                      \
+                    if (!(in_[l] >= LO##_s && in_[l] <= HI##_s)) x[i + l] = EXPF(in_[l]);      \
+            }                                                                                  \
+        }                                                                                      \
     }
-    for (; i < n; i++) x[i] = exp(x[i]);
-}
 
-FASTNN_AVX2 static void fastnn_exp_inplace_s(float *x, Py_ssize_t n)
-{
-    Py_ssize_t i, l;
-    const __m256 log2e = _mm256_set1_ps(1.44269504f), c1 = _mm256_set1_ps(0.693359375f),
-                 c2 = _mm256_set1_ps(-2.12194440e-4f), lo = _mm256_set1_ps(-87.0f),
-                 hi = _mm256_set1_ps(88.0f);
-    static const float inv_fact[8] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24, 1.0f / 120,
-                                      1.0f / 720, 1.0f / 5040};
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        __m256 inr = _mm256_and_ps(_mm256_cmp_ps(v, lo, _CMP_GE_OQ), _mm256_cmp_ps(v, hi, _CMP_LE_OQ));
-        if (_mm256_movemask_ps(inr) != 0xff) {
-            for (l = 0; l < 8; l++) x[i + l] = expf(x[i + l]);
-            continue;
-        }
-        __m256 k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256 r = _mm256_fnmadd_ps(k, c1, v);
-        r = _mm256_fnmadd_ps(k, c2, r);
-        __m256 p = _mm256_set1_ps(inv_fact[7]);
-        int d;
-        for (d = 6; d >= 0; d--) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(inv_fact[d]));
-        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-        _mm256_storeu_ps(x + i, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+static const double fastnn_exp_inv_fact_d[14] = {
+    1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+    1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+static const float fastnn_exp_inv_fact_s[8] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24,
+                                               1.0f / 120, 1.0f / 720, 1.0f / 5040};
+#define EXP_LO_D _mm256_set1_pd(-708.0)
+#define EXP_HI_D _mm256_set1_pd(709.0)
+#define EXP_LO_D_s (-708.0)
+#define EXP_HI_D_s (709.0)
+#define EXP_LO_S _mm256_set1_ps(-87.0f)
+#define EXP_HI_S _mm256_set1_ps(88.0f)
+#define EXP_LO_S_s (-87.0f)
+#define EXP_HI_S_s (88.0f)
+#define EXP_MASK_D(r) _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3))
+#define EXP_MASK_S(r) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(r)),                          \
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define EXP_BODY_D                                                                             \
+    {                                                                                          \
+        __m256d k = _mm256_round_pd(_mm256_mul_pd(v, _mm256_set1_pd(1.4426950408889634)),      \
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);            \
+        __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(0.6931471803691238), v);                \
+        __m256d p = _mm256_set1_pd(fastnn_exp_inv_fact_d[13]);                                 \
+        __m256i e;                                                                             \
+        int d;                                                                                 \
+        r = _mm256_fnmadd_pd(k, _mm256_set1_pd(1.9082149292705877e-10), r);                    \
+        for (d = 12; d >= 0; d--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(fastnn_exp_inv_fact_d[d])); \
+        /* out-of-range lanes (fixed below) must not overflow the conversion */                 \
+        k = _mm256_blendv_pd(_mm256_setzero_pd(), k, inr);                                     \
+        e = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k));                                      \
+        e = _mm256_slli_epi64(_mm256_add_epi64(e, _mm256_set1_epi64x(1023)), 52);              \
+        out = _mm256_mul_pd(p, _mm256_castsi256_pd(e));                                        \
     }
-    for (; i < n; i++) x[i] = expf(x[i]);
-}
+#define EXP_BODY_S                                                                             \
+    {                                                                                          \
+        __m256 k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504f)),              \
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);             \
+        __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);                       \
+        __m256 p = _mm256_set1_ps(fastnn_exp_inv_fact_s[7]);                                   \
+        __m256i e;                                                                             \
+        int d;                                                                                 \
+        r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);                           \
+        for (d = 6; d >= 0; d--) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(fastnn_exp_inv_fact_s[d])); \
+        k = _mm256_blendv_ps(_mm256_setzero_ps(), k, inr);                                     \
+        e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23); \
+        out = _mm256_mul_ps(p, _mm256_castsi256_ps(e));                                        \
+    }
+FASTNN_EXP_INPLACE(fastnn_exp_inplace_d, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd,
+                   _mm256_maskload_pd, _mm256_maskstore_pd, EXP_MASK_D, _mm256_cmp_pd,
+                   _mm256_and_pd, _mm256_movemask_pd, 0xf, EXP_LO_D, EXP_HI_D, exp, EXP_BODY_D)
+FASTNN_EXP_INPLACE(fastnn_exp_inplace_s, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps,
+                   _mm256_maskload_ps, _mm256_maskstore_ps, EXP_MASK_S, _mm256_cmp_ps,
+                   _mm256_and_ps, _mm256_movemask_ps, 0xff, EXP_LO_S, EXP_HI_S, expf, EXP_BODY_S)
 
 static int fastnn_small_available(void)
 {
@@ -289,12 +311,14 @@ static int small_tn_update_d(const double *D, Py_ssize_t ldd, const double *cons
                              double *W, double *V, double *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, double eta, double mu, double l2,
                              const adam_consts_d *ac, void *scratch, double *wsq,
-                             const fastnn_pf_plan *pf, const fastnn_next_fwd *nf) { return 1; }
+                             const fastnn_pf_plan *pf, const fastnn_next_fwd *nf,
+                             double sparse_max) { return 1; }
 static int small_tn_update_s(const float *D, Py_ssize_t ldd, const float *const *A, Py_ssize_t a_off,
                              float *W, float *V, float *S, Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n,
                              Py_ssize_t k, int mode, float eta, float mu, float l2,
                              const adam_consts_s *ac, void *scratch, double *wsq,
-                             const fastnn_pf_plan *pf, const fastnn_next_fwd *nf) { return 1; }
+                             const fastnn_pf_plan *pf, const fastnn_next_fwd *nf,
+                             double sparse_max) { return 1; }
 static Py_ssize_t small_tn_scratch_bytes_d(Py_ssize_t m, Py_ssize_t n) { return 64; }
 static Py_ssize_t small_tn_scratch_bytes_s(Py_ssize_t m, Py_ssize_t n) { return 64; }
 static void sumsq_col_units_d(const double *W, Py_ssize_t ldw, Py_ssize_t n, Py_ssize_t c0,
