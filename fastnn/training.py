@@ -227,7 +227,7 @@ class Trainer:
             done, finite, loss, t = _core.train_steps(
                 net._sizes_c, net._acts_c, net._cost_c, net.params, self.grad, vel, sq, self.X,
                 self.Y, self.labels, perm, self.batch_size, start, stop, self.work, *args,
-                balance=self.balance, x_finite=not self.x_unscanned)
+                balance=self.balance)
         else:
             done, finite, loss, t = reference.train_steps(
                 net, net.params, self.grad, vel, sq, self.X, self.Y, self.labels, perm,

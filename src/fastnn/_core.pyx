@@ -1442,9 +1442,10 @@ def set_update_strip_prefetch(bint on):
 # _small_impl.h: a ReLU layer's delta is zero wherever its unit is off, which after the
 # first epoch is about 80 % of entries for C3 and Fashion-MNIST) when at most this fraction
 # of the delta's entries is non-zero. In one process, alternating epochs: C3 (generated
-# data, as benchmarks/compare.py makes them) 0.812x the time. In the C harness the sparse
-# variant ran 0.82x as fast as the dense one with every entry non-zero, 1.3x with half.
-cdef double fused_sparse_max = 0.6
+# data, as benchmarks/compare.py makes them) 0.873x the time. In the C harness (C3's
+# update) the sparse variant ran 1.65x as fast as the dense one at 20 % non-zeros, 1.25x
+# at 35 %, the same at 50 %.
+cdef double fused_sparse_max = 0.4
 
 
 def set_fused_sparse(double max_density):
@@ -2332,8 +2333,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 Py_ssize_t batch_size, Py_ssize_t start, Py_ssize_t stop,
                 floating[::1] work, int mode, double eta, double mu, double l2,
                 bint l2_per_batch, double beta1, double beta2, double eps,
-                Py_ssize_t t, bint want_loss, double[::1] balance=None,
-                bint x_finite=True):
+                Py_ssize_t t, bint want_loss, double[::1] balance=None):
     """Mini-batch steps over the samples ``perm[start:stop]``.
 
     Each step takes the next ``batch_size`` rows (fewer for the last one),
@@ -2352,10 +2352,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
 
     ``balance`` (``balance_size(L)`` doubles, all 1.0 at first, kept from call to call)
     holds the threads' speeds that size the blocks of the regions whose results do not
-    depend on them (see balance_blocks); None gives every region equal blocks. Pass
-    ``x_finite=False`` while X may hold NaN or inf that the steps are to reveal (by making
-    the weights non-finite): the fused update then never skips a zero delta (which times an
-    infinite input would have made NaN).
+    depend on them (see balance_blocks); None gives every region equal blocks.
     """
     cdef Net net
     make_net(&net, sizes, acts, cost)
@@ -2477,7 +2474,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                                   wk, m, &r, tn_scratch, tn_bytes,
                                   &wn if want_loss and l2 != 0 else NULL, Xp, pp + s + m,
                                   next_m if pf_fits else 0, nf_rows, nf_m, wk, &have_a1, bal,
-                                  x_finite)
+                                  True)
             if have_a1:
                 fastnn_count_add(&next_forward_count, 1)
             wn_known = want_loss and l2 != 0

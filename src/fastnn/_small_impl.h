@@ -652,11 +652,17 @@ typedef struct {
  * W at a time, each nonzero feeds NV FMAs from 1 broadcast and NV loads: at half the entries
  * zero, C3's shape ran 1.3x faster than the 4 x 3 blocks over all rows (C harness). Taken
  * when at most sparse_max of D's entries are non-zero. A zero delta times an infinite input
- * is skipped here rather than made NaN, so the caller passes 0 where X is not known to be
- * finite (fit's first epoch finds NaN and inf by the steps they make non-finite). */
+ * is skipped here rather than made NaN, so the packed strips are checked for NaN and inf
+ * instead (fit's first epoch finds them in X by the step they make non-finite). */
 #define TN_SPARSE_STRIPS(NV)                                                               \
     for (; kk + NV * VL <= te; kk += NV * VL) {                                            \
         TN_PACK(NV);                                                                       \
+        /* a NaN or inf of the batch that only zero deltas meet would have made the dense  \
+         * sums NaN: it makes the step report a non-finite result here */                 \
+        for (i = 0; i < m * NV; i++) {                                                     \
+            VT x_ = VLOAD(Ap + i * VL);                                                    \
+            xchk = VADD(xchk, VSUB(x_, x_));                                               \
+        }                                                                                  \
         for (j = 0; j < n; j++) {                                                          \
             VT g_[NV];                                                                     \
             int vx_;                                                                       \
@@ -689,6 +695,88 @@ static Py_ssize_t CAT(small_tn_scratch_bytes, SFX)(Py_ssize_t m, Py_ssize_t n)
     Py_ssize_t strip = (m <= TN_SPARSE_MAX_ROWS ? 12 : 3) * m * VL * (Py_ssize_t)sizeof(T);
     return (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64 + strip + 64
            + (m <= TN_SPARSE_MAX_ROWS ? (m * n * 4 + n * 4 + 127) / 64 * 64 : 0);
+}
+
+/* The sparse variant over the whole vectors of columns [0, kv) (TN_SPARSE_STRIPS), out of
+ * line: inlined into small_tn_update_body, its code made GCC compile the dense blocks worse
+ * (S2, which never takes it, 4 % slower). Returns 0 without touching anything when more
+ * than sparse_max of D's entries are non-zero; the column tail stays with the caller. */
+FASTNN_AVX2 static inline __attribute__((always_inline)) int CAT(tn_sparse_body, SFX)(
+    const T *D, Py_ssize_t ldd, const T *const *Ar, Py_ssize_t a_off, T *W, T *V, T *S,
+    Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t kv, const int mode,
+    const T *uconst_in, const CAT(adam_consts, SFX) *ac, void *scratch, T *chk_acc,
+    double *sq_acc, const int sq_on, const fastnn_pf_plan *pf, Py_ssize_t *pf_at_io,
+    double sparse_max)
+{
+    Py_ssize_t i, j, kk = 0, nnz = 0, pf_at = *pf_at_io, pf_step;
+    T uconst[4] = {uconst_in[0], uconst_in[1], uconst_in[2], uconst_in[3]};
+    VT xchk = VZERO();
+    T *Ap = (T *)((char *)scratch + (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64);
+    T *sval = (T *)scratch;
+    int *sidx = (int *)((char *)Ap + 12 * m * VL * (Py_ssize_t)sizeof(T) + 64), *snz = sidx + m * n;
+    const Py_ssize_t te = kv;
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++) nnz += D[i * ldd + j] != 0;
+    if (nnz > sparse_max * (double)(m * n)) return 0;
+    /* each row of W's list of the batch rows with a non-zero delta, in order; written
+     * without a branch (each entry stored, the count moved on only past a non-zero: a
+     * branch on 20-50 % non-zeros mispredicted often enough to cost 15 % of the update) */
+    for (j = 0; j < n; j++) {
+        int c_ = 0;
+        for (i = 0; i < m; i++) {
+            T d_ = D[i * ldd + j];
+            sidx[j * m + c_] = (int)i;
+            sval[j * m + c_] = d_;
+            c_ += d_ != 0;
+        }
+        snz[j] = c_;
+    }
+    {
+        Py_ssize_t strips = n * ((kv / VL + 11) / 12 + 3);
+        pf_step = pf ? (pf->q1 - pf->q0 + strips - 1) / strips : 0;
+    }
+#define PV(j, c) (W + (j) * ldw + (c))
+#define VV(j, c) (V + (j) * ldw + (c))
+#define SV(j, c) (mode == 3 ? S + (j) * ldw + (c) : VV(j, c))
+    if (m <= 64) {
+        TN_SPARSE_STRIPS(12)
+    }
+    TN_SPARSE_STRIPS(6)
+    TN_SPARSE_STRIPS(3)
+    TN_SPARSE_STRIPS(2)
+    TN_SPARSE_STRIPS(1)
+#undef PV
+#undef VV
+#undef SV
+    VSTORE(chk_acc, VADD(VLOAD(chk_acc), xchk));
+    *pf_at_io = pf_at;
+    return 1;
+}
+
+/* tn_sparse_body compiled once per rule and choice of the sum of squares (as
+ * small_tn_update is), out of line */
+FASTNN_AVX2 static __attribute__((noinline)) int CAT(tn_sparse_update, SFX)(
+    const T *D, Py_ssize_t ldd, const T *const *Ar, Py_ssize_t a_off, T *W, T *V, T *S,
+    Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t kv, int mode,
+    const T *uconst_in, const CAT(adam_consts, SFX) *ac, void *scratch, T *chk_acc,
+    double *sq_acc, int sq_on, const fastnn_pf_plan *pf, Py_ssize_t *pf_at_io,
+    double sparse_max)
+{
+#define TN_SPARSE_CALL(MODE, SQ)                                                           \
+    return CAT(tn_sparse_body, SFX)(D, ldd, Ar, a_off, W, V, S, ldw, m, n, kv, MODE,       \
+                                    uconst_in, ac, scratch, chk_acc, sq_acc, SQ, pf,       \
+                                    pf_at_io, sparse_max)
+    switch (mode * 2 + (sq_on != 0)) {
+    case 0: TN_SPARSE_CALL(0, 0);
+    case 1: TN_SPARSE_CALL(0, 1);
+    case 2: TN_SPARSE_CALL(1, 0);
+    case 3: TN_SPARSE_CALL(1, 1);
+    case 4: TN_SPARSE_CALL(2, 0);
+    case 5: TN_SPARSE_CALL(2, 1);
+    case 6: TN_SPARSE_CALL(3, 0);
+    default: TN_SPARSE_CALL(3, 1);
+    }
+#undef TN_SPARSE_CALL
 }
 
 /* W <- update(W, D^T A) for W: n x k (row stride ldw), D: m x n (row stride ldd), A: m x k
@@ -724,17 +812,7 @@ FASTNN_AVX2 static inline __attribute__((always_inline)) int CAT(small_tn_update
     T *Dp = (T *)scratch, *Ap = (T *)((char *)scratch + (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64);
     /* with the next batch's forward (nf), the tiles of columns go outside (see below) */
     const int pack = !nf && (n >= 4 * TN_PACK_MIN_BLOCKS || m >= TN_PACK_MIN_ROWS);
-    /* the sparse variant's lists: values where the packed delta goes, indices and counts
-     * after the strip (12 vectors of m rows) */
-    T *sval = Dp;
-    int *sidx = (int *)((char *)Ap + 12 * m * VL * (Py_ssize_t)sizeof(T) + 64), *snz = sidx + m * n;
     int sparse = 0;
-    if (pack && m <= TN_SPARSE_MAX_ROWS && sparse_max > 0) {
-        Py_ssize_t nnz = 0;
-        for (i = 0; i < m; i++)
-            for (j = 0; j < n; j++) nnz += D[i * ldd + j] != 0;
-        sparse = nnz <= sparse_max * (double)(m * n);
-    }
     const T *const *nrows = nf ? (const T *const *)nf->rows : NULL;
     T *nz = nf ? (T *)nf->Z : NULL;
     if (nf)
@@ -746,33 +824,12 @@ FASTNN_AVX2 static inline __attribute__((always_inline)) int CAT(small_tn_update
 #define PV(j, c) (W + (j) * ldw + (c))
 #define VV(j, c) (V + (j) * ldw + (c))
 #define SV(j, c) (mode == 3 ? S + (j) * ldw + (c) : VV(j, c))
-    if (sparse) {
-        /* each row of W's list of the batch rows with a non-zero delta, in order */
-        for (j = 0; j < n; j++) {
-            int c_ = 0;
-            for (i = 0; i < m; i++) {
-                T d_ = D[i * ldd + j];
-                if (d_ != 0) {
-                    sidx[j * m + c_] = (int)i;
-                    sval[j * m + c_] = d_;
-                    c_++;
-                }
-            }
-            snz[j] = c_;
-        }
-        {
-            const Py_ssize_t te = kv;
-            Py_ssize_t strips = n * ((kv / VL + 11) / 12 + 3);
-            pf_step = pf ? (pf->q1 - pf->q0 + strips - 1) / strips : 0;
-            if (m <= 64) {
-                TN_SPARSE_STRIPS(12)
-            }
-            TN_SPARSE_STRIPS(6)
-            TN_SPARSE_STRIPS(3)
-            TN_SPARSE_STRIPS(2)
-            TN_SPARSE_STRIPS(1)
-        }
+    if (pack && m <= TN_SPARSE_MAX_ROWS && sparse_max > 0) {
         /* the columns past the last full vector take the dense code: D's panels below */
+        sparse = CAT(tn_sparse_update, SFX)(D, ldd, Ar, a_off, W, V, S, ldw, m, n, kv, mode,
+                                            uconst, ac, scratch, chk_acc, sq_acc, sq_on, pf,
+                                            &pf_at, sparse_max);
+        if (sparse) kk = kv;
     }
     /* D's columns: 4-column panels (row i's four values together), then single columns */
     for (j = 0; j < n4 && (!sparse || k > kv); j += 4)
