@@ -1749,7 +1749,10 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     fused update also forms the next batch's A_1 = f(X_next W_0^T + b_0) with the new
     parameters, for the rows ``next_rows`` into ``next_work`` (so the next step's forward
     starts at layer 1) where run_job lets it (``formed_a1`` says whether it did). The
-    biases are therefore updated before the weights.
+    biases are therefore updated before the weights. ``bal`` holds the threads' speeds
+    (see balance_blocks; NULL: equal blocks). With ``sparse_delta``, the fused update skips
+    the batch rows whose delta is zero when at most fused_sparse_max of it is non-zero (see
+    set_fused_sparse).
     """
     cdef int l, t, bad = 0
     cdef double norm = 0
