@@ -238,6 +238,77 @@ def test_forward_row_blocks_give_the_same_bits_whatever_the_block(dtype):
         np.testing.assert_array_equal(outs[m], outs[4], err_msg=f"chunks of {m} rows")
 
 
+# fan-ins whose 4 rows outgrow 16 KiB, so that the row-block kernel cuts them into 2 tiles:
+# float64 701 (tiles of 352 and 349 columns: the last vector of the last tile is partial)
+# and float32 1100 (552 and 548)
+WIDE_FAN_IN = {"float64": 701, "float32": 1100}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_tiled_row_blocks_match_the_reference(dtype):
+    """With a fan-in cut into tiles (each output the sum of its tiles' dot products), the
+    row-block kernel's outputs equal the float64 reference, tiled or not, for every chunk
+    size (4-row blocks and the last m % 4 rows)."""
+    k = WIDE_FAN_IN[dtype]
+    sizes = [k, 43, 7]
+    net = fastnn.Network(sizes, hidden="tanh", output="softmax", cost="log-likelihood",
+                         dtype=dtype, seed=11)
+    X = np.random.default_rng(12).standard_normal((45, k)).astype(dtype)
+    _, As = np_forward(sizes, net.activations, net.params.astype(np.float64), X.astype(np.float64))
+    old_tiled = _core.set_tiled_max_rows(0, 0)
+    old = _core.set_small_max_rows(1 << 30)
+    old_tiling = _core.set_forward_tiling(True)
+    try:
+        for tiling in (True, False):
+            _core.set_forward_tiling(tiling)
+            for m in (4, 9, 16, 45):
+                out = np.empty((45, 7), dtype=dtype)
+                work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
+                _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out,
+                                  work, m)
+                np.testing.assert_allclose(out, As[-1], rtol=RTOL[dtype], atol=RTOL[dtype],
+                                           err_msg=f"tiling {tiling}, chunks of {m} rows")
+    finally:
+        _core.set_forward_tiling(old_tiling)
+        _core.set_small_max_rows(old)
+        _core.set_tiled_max_rows(*old_tiled)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_tiled_row_blocks_give_the_same_bits_whatever_the_block(dtype):
+    """Tiled, every entry of a 4-row block is the same sum of the same tile dot products
+    whichever block (4 x 3, 4 x 2 or 1 x 4 against W's rows) computes it and whichever rows
+    share the block: a row's output is the same bits in chunks of 4, 8, 24 and 44 rows, and
+    in a different order of the batch."""
+    k = WIDE_FAN_IN[dtype]
+    sizes = [k, 41, 5]
+    net = fastnn.Network(sizes, hidden="relu", output="sigmoid", cost="cross-entropy",
+                         dtype=dtype, seed=13)
+    X = np.random.default_rng(14).standard_normal((88, k)).astype(dtype)
+    perm = np.random.default_rng(15).permutation(88)
+    old_tiled = _core.set_tiled_max_rows(0, 0)
+    old = _core.set_small_max_rows(1 << 30)
+    old_tiling = _core.set_forward_tiling(True)
+    try:
+        outs = {}
+        for m in (4, 8, 24, 44):
+            out = np.empty((88, 5), dtype=dtype)
+            work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
+            _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, m)
+            outs[m] = out
+        out = np.empty((88, 5), dtype=dtype)
+        work = np.empty(_core.workspace_size(net._sizes_c, 44), dtype=dtype)
+        _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params,
+                          np.ascontiguousarray(X[perm]), out, work, 44)
+    finally:
+        _core.set_forward_tiling(old_tiling)
+        _core.set_small_max_rows(old)
+        _core.set_tiled_max_rows(*old_tiled)
+    for m in (8, 24, 44):
+        np.testing.assert_array_equal(outs[m], outs[4], err_msg=f"chunks of {m} rows")
+    np.testing.assert_array_equal(out, outs[4][perm], err_msg="rows in another order")
+
+
 def test_predict_is_argmax_and_threshold():
     net = fastnn.Network([3, 4, 5], seed=0)
     X = np.random.default_rng(1).standard_normal((30, 3))

@@ -1421,6 +1421,7 @@ cdef extern from "_small.h" nogil:
                     Py_ssize_t ldz, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k)
     int fastnn_nt_tiled_rows_d
     int fastnn_nt_prefetch_next
+    int fastnn_nt_rows_tiling
     int tn_pf_strip
 
 
@@ -1457,6 +1458,17 @@ def set_fused_sparse(double max_density):
         raise ValueError(f"set_fused_sparse: max_density must be in [0, 1]; got {max_density}")
     old = fused_sparse_max
     fused_sparse_max = max_density
+    return old
+
+
+def set_forward_tiling(bint on):
+    """Let the small forward kernel's row-block variant cut the fan-in into tiles where 4
+    rows of the batch outgrow 16 KiB (float64 above 512 inputs, float32 above 1024: the
+    default); returns the old value. Either way each output is a sum of dot products over
+    the tiles, in order; off, there is one tile. For tests and benchmarks."""
+    global fastnn_nt_rows_tiling
+    old = bool(fastnn_nt_rows_tiling)
+    fastnn_nt_rows_tiling = on
     return old
 
 

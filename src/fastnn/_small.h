@@ -59,6 +59,8 @@ static int fastnn_nt_tiled_rows_s = 3;
 static int fastnn_nt_tiled_rows_d = 16;
 /* whether the row-block kernel prefetches the next block's rows */
 static int fastnn_nt_prefetch_next = 1;
+/* whether the row-block kernel cuts k into tiles where 4 rows outgrow half of L1 */
+static int fastnn_nt_rows_tiling = 1;
 /* whether the fused update prefetches the batch's strip after next as it packs a strip */
 static int tn_pf_strip = 1;
 

@@ -261,36 +261,49 @@ static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W, T *Z,
 }
 
 /* The same product for larger batches: a block of the batch's rows stays in L1 while all
- * of W streams past it (from L2), each dot product over the whole of k, so there is one
- * horizontal sum per output. Blocks of 6 rows (against 2 rows of W at a time) as long as
- * an even number of them leaves a multiple of 4 rows, then blocks of 4 (against 3, 2, 1),
- * then the last m % 4 rows in the k-tiled kernel. Every entry of the full-k blocks is the
- * same dot product whichever block computes it, so the results depend only on m % 4.
- * 6 x 2 streams W once per 6 rows instead of 4, with 2 loads of W per 12 FMAs instead of 3:
- * 25-30 % faster than 4 x 3 (C harness, m = 64, 128; n = 30-100; float32, k = 784). Where 6
- * rows of A would not fit in L1 (float64 rows of 784) it gained nothing: 4-row blocks there. */
+ * of W streams past it (from L2). Blocks of 6 rows (against 2 rows of W at a time) as long
+ * as an even number of them leaves a multiple of 4 rows, then blocks of 4 (against 3, 2, 1),
+ * then the last m % 4 rows in the k-tiled kernel. 6 x 2 streams W once per 6 rows instead of
+ * 4, with 2 loads of W per 12 FMAs instead of 3: 25-30 % faster than 4 x 3 (C harness,
+ * m = 64, 128; n = 30-100; float32, k = 784).
+ *
+ * Where 4 rows of A outgrow half of L1 (float64 rows of 784: 25 KiB), k is cut into
+ * FASTNN_NT_ROWS_TILES(k) equal tiles (whole vectors; the last may be shorter) and each block
+ * of 4 rows goes through W tile by tile, so that the block's tile stays in L1 beside W's
+ * streams: Z[i, j] = hsum(dot over tile 0) + hsum(dot over tile 1) + ..., in that order.
+ * float64, k = 784, 2 tiles: 15-25 % faster (C harness, m = 200, n = 50, rows drawn from a
+ * 60 000-row array); S1 (scikit-learn's defaults) 3.6 % less time per epoch in one process.
+ * 6-row blocks over the tiles were 3-5 % slower than 4; prefetching the next block's rows
+ * into L2 only (or not at all) was slower than into L1. Every entry of the full blocks is
+ * the same sum of the same dot products whichever block computes it, so the results depend
+ * only on m % 4. */
+#define FASTNN_NT_ROWS_TILES(k) ((4 * (k) * (Py_ssize_t)sizeof(T) + 16383) / 16384)
 FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, T *Z,
                                                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                                Py_ssize_t ldz)
 {
     Py_ssize_t i0, j, r, m4 = m - m % 4;
+    /* the tiles of k: nt of kt columns (a whole number of vectors), the last one shorter */
+    const Py_ssize_t nt = fastnn_nt_rows_tiling ? FASTNN_NT_ROWS_TILES(k) : 1;
+    const Py_ssize_t kt = nt == 1 ? k : ((k + nt - 1) / nt + VL - 1) / VL * VL;
     /* 6-row blocks only while 6 rows of A fit in a 32 KiB L1 beside W's two streams */
-    Py_ssize_t m6 = 6 * k * (Py_ssize_t)sizeof(T) <= 24 * 1024 ? 6 * ((m4 / 6) & ~(Py_ssize_t)1) : 0;
+    Py_ssize_t m6 = nt == 1 && 6 * k * (Py_ssize_t)sizeof(T) <= 24 * 1024
+                        ? 6 * ((m4 / 6) & ~(Py_ssize_t)1) : 0;
     Py_ssize_t pf_lines = (k * (Py_ssize_t)sizeof(T) + 63) / 64;
     for (i0 = 0; i0 < m; i0 += r) {
+        Py_ssize_t t0, tw, q;
         r = i0 < m6 ? 6 : 4;
         if (i0 >= m4) {
             /* last rows: the tiled kernel handles any shape */
             CAT(small_nt_tiled, SFX)(Ar + i0, W, Z + i0 * ldz, m - i0, n, k, ldz);
             break;
         }
-        const T *const *a = Ar + i0;
         /* The next block's rows (read where they lie, often still in DRAM) are prefetched
          * while this block computes, a slice of their cache lines before each group of
          * columns: 10-30 % faster on rows drawn from a 50 000-row array (n = 30-100). */
         Py_ssize_t nxt = i0 + r < m6 ? 6 : 4;
         Py_ssize_t pf_rows = fastnn_nt_prefetch_next ? (m - i0 - r < nxt ? m - i0 - r : nxt) : 0;
-        Py_ssize_t pf_at = 0, groups = r == 6 ? (n + 1) / 2 : (n + 2) / 3;
+        Py_ssize_t pf_at = 0, groups = nt * (r == 6 ? (n + 1) / 2 : (n + 2) / 3);
         Py_ssize_t pf_step = (pf_lines + groups - 1) / groups;
 #define NT_ROWS_PREFETCH()                                                                 \
         do {                                                                               \
@@ -300,52 +313,66 @@ FASTNN_AVX2 static void CAT(small_nt_rows, SFX)(const T *const *Ar, const T *W, 
                     __builtin_prefetch((const char *)Ar[i0 + r + pr] + 64 * pl, 0, 3);      \
             pf_at += pf_step;                                                              \
         } while (0)
+/* entry (row q of the block, column c): the tile's sum stored (first tile) or added */
+#define NT_ROWS_PUT(q, c, v)                                                               \
+        do {                                                                               \
+            if (t0 == 0) Z[(i0 + (q)) * ldz + (c)] = (v);                                  \
+            else Z[(i0 + (q)) * ldz + (c)] += (v);                                         \
+        } while (0)
         if (r == 6) {
+            /* (a single tile) */
+            const T *const *a = Ar + i0;
+            t0 = 0;
             for (j = 0; j + 2 <= n; j += 2) {
                 T sb[12];
-                Py_ssize_t q;
                 NT_ROWS_PREFETCH();
                 CAT(dot_6x2, SFX)(a, W + j * k, W + (j + 1) * k, k, sb);
                 for (q = 0; q < 6; q++) {
-                    Z[(i0 + q) * ldz + j] = sb[q];
-                    Z[(i0 + q) * ldz + j + 1] = sb[6 + q];
+                    NT_ROWS_PUT(q, j, sb[q]);
+                    NT_ROWS_PUT(q, j + 1, sb[6 + q]);
                 }
             }
             if (j < n) {
                 T sb[4];
-                Py_ssize_t q;
                 CAT(dot_1x4, SFX)(W + j * k, a[0], a[1], a[2], a[3], k, sb);
-                for (q = 0; q < 4; q++) Z[(i0 + q) * ldz + j] = sb[q];
-                for (q = 4; q < 6; q++) Z[(i0 + q) * ldz + j] = CAT(dot_1x1, SFX)(a[q], W + j * k, k);
+                for (q = 0; q < 4; q++) NT_ROWS_PUT(q, j, sb[q]);
+                for (q = 4; q < 6; q++) NT_ROWS_PUT(q, j, CAT(dot_1x1, SFX)(a[q], W + j * k, k));
             }
             continue;
         }
-        for (j = 0; j + 3 <= n; j += 3) {
-            T sb[12];
-            Py_ssize_t c, q;
-            NT_ROWS_PREFETCH();
-            CAT(dot_4x3, SFX)(a[0], a[1], a[2], a[3], W + j * k, W + (j + 1) * k, W + (j + 2) * k,
-                              k, sb);
-            for (c = 0; c < 3; c++)
-                for (q = 0; q < 4; q++) Z[(i0 + q) * ldz + j + c] = sb[q + 4 * c];
+        for (t0 = 0; t0 < k; t0 += tw) {
+            const T *a0 = Ar[i0] + t0, *a1 = Ar[i0 + 1] + t0, *a2 = Ar[i0 + 2] + t0,
+                    *a3 = Ar[i0 + 3] + t0;
+            const T *wt = W + t0;
+            tw = k - t0 < kt ? k - t0 : kt;
+            for (j = 0; j + 3 <= n; j += 3) {
+                T sb[12];
+                Py_ssize_t c;
+                NT_ROWS_PREFETCH();
+                CAT(dot_4x3, SFX)(a0, a1, a2, a3, wt + j * k, wt + (j + 1) * k, wt + (j + 2) * k,
+                                  tw, sb);
+                for (c = 0; c < 3; c++)
+                    for (q = 0; q < 4; q++) NT_ROWS_PUT(q, j + c, sb[q + 4 * c]);
+            }
+            for (; j + 2 <= n; j += 2) {
+                T sb[8];
+                CAT(dot_4x2, SFX)(a0, a1, a2, a3, wt + j * k, wt + (j + 1) * k, tw, sb);
+                for (q = 0; q < 4; q++) {
+                    NT_ROWS_PUT(q, j, sb[q]);
+                    NT_ROWS_PUT(q, j + 1, sb[4 + q]);
+                }
+            }
+            for (; j < n; j++) {
+                T sb[4];
+                CAT(dot_1x4, SFX)(wt + j * k, a0, a1, a2, a3, tw, sb);
+                for (q = 0; q < 4; q++) NT_ROWS_PUT(q, j, sb[q]);
+            }
         }
 #undef NT_ROWS_PREFETCH
-        for (; j + 2 <= n; j += 2) {
-            T sb[8];
-            CAT(dot_4x2, SFX)(a[0], a[1], a[2], a[3], W + j * k, W + (j + 1) * k, k, sb);
-            Z[i0 * ldz + j] = sb[0];       Z[i0 * ldz + j + 1] = sb[4];
-            Z[(i0 + 1) * ldz + j] = sb[1]; Z[(i0 + 1) * ldz + j + 1] = sb[5];
-            Z[(i0 + 2) * ldz + j] = sb[2]; Z[(i0 + 2) * ldz + j + 1] = sb[6];
-            Z[(i0 + 3) * ldz + j] = sb[3]; Z[(i0 + 3) * ldz + j + 1] = sb[7];
-        }
-        for (; j < n; j++) {
-            T sb[4];
-            CAT(dot_1x4, SFX)(W + j * k, a[0], a[1], a[2], a[3], k, sb);
-            Z[i0 * ldz + j] = sb[0]; Z[(i0 + 1) * ldz + j] = sb[1];
-            Z[(i0 + 2) * ldz + j] = sb[2]; Z[(i0 + 3) * ldz + j] = sb[3];
-        }
+#undef NT_ROWS_PUT
     }
 }
+#undef FASTNN_NT_ROWS_TILES
 
 /* Z = A W^T (row stride of Z: ldz): k-tiled (W read once) for the smallest
  * batches, rows-outer above. */
