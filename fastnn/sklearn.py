@@ -98,6 +98,24 @@ _NON_FINITE = ("Solver produced non-finite parameter weights. The input data may
                "values and need to be preprocessed.")
 
 
+class _NonFiniteX(Exception):
+    """X turned out to hold NaN or inf after fit had begun (see MLP._fit)."""
+
+
+def _non_finite_x(X, rows=None):
+    """_NonFiniteX naming X's first non-finite entry (in scikit-learn's words, with its place),
+    or None when every value is finite. ``rows`` maps X's rows to the caller's (a subset)."""
+    from fastnn import _core
+    row = _core.first_nonfinite_row(X)
+    if row < 0:
+        return None
+    col = int(np.flatnonzero(~np.isfinite(X[row]))[0])
+    what = ("NaN" if np.isnan(X[row, col]) else
+            f"infinity or a value too large for {X.dtype!r}")
+    where = int(rows[row]) if rows is not None else row
+    return _NonFiniteX(f"Input X contains {what} (first at row {where}, column {col}).")
+
+
 # n_samples * n_params from which lbfgs evaluates the loss and gradient with BLAS threads
 _THREADED_EVAL = 1 << 20
 
@@ -314,23 +332,41 @@ class _BaseMLP(BaseEstimator):
                              f"'squared_error' in fastnn (scikit-learn's 'poisson' needs an exp "
                              f"output and a Poisson cost, which fastnn lacks). Got {self._loss!r}.")
         first_pass = "_net" not in self.__dict__ or (not self.warm_start and not incremental)
-        X, Y = self._validate_input(X, y, incremental, first_pass)
+        # fit with sgd or adam leaves the scan of X for NaN and inf to its first epoch (every
+        # step reads its rows, and a non-finite value makes the step's update non-finite: see
+        # Trainer), not a pass of its own over X (S1 of benchmarks/sklearn_compare.py: 35 ms
+        # per fit); if the epoch finds one, the estimator is put back as it was
+        lazy = self.solver in _STOCHASTIC_SOLVERS and not incremental
+        X, Y = self._validate_input(X, y, incremental, first_pass, finite=not lazy)
         X = self._as_dense(X, X.dtype if first_pass else self._net.dtype)
         if Y.ndim == 1:
             Y = Y.reshape(-1, 1)
-        self.n_outputs_ = Y.shape[1]
-        layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
-        self._random_state = check_random_state(self.random_state)
-        if first_pass:
-            self._initialize(layer_units, X.dtype)
-        elif list(self._net.sizes) != layer_units:
-            raise ValueError(f"{'partial_fit' if incremental else 'warm_start'} needs the network "
-                             f"of the previous fit: layer sizes {list(self._net.sizes)}; this call "
-                             f"implies {layer_units} (hidden_layer_sizes or the targets changed).")
-        if self.solver in _STOCHASTIC_SOLVERS:
-            self._fit_stochastic(X, Y, incremental)
-        else:
-            self._fit_lbfgs(X, Y)
+        if lazy:
+            before = dict(self.__dict__)
+            rng = check_random_state(self.random_state)
+            rng_state = rng.get_state()
+        try:
+            self.n_outputs_ = Y.shape[1]
+            layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
+            self._random_state = check_random_state(self.random_state)
+            if first_pass:
+                self._initialize(layer_units, X.dtype)
+            elif list(self._net.sizes) != layer_units:
+                raise ValueError(f"{'partial_fit' if incremental else 'warm_start'} needs the "
+                                 f"network of the previous fit: layer sizes "
+                                 f"{list(self._net.sizes)}; this call implies {layer_units} "
+                                 f"(hidden_layer_sizes or the targets changed).")
+            if self.solver in _STOCHASTIC_SOLVERS:
+                self._fit_stochastic(X, Y, incremental, x_unscanned=lazy)
+            else:
+                self._fit_lbfgs(X, Y)
+        except _NonFiniteX as exc:
+            # the network's parameters and the optimizer's state are back (Trainer); the
+            # estimator's attributes and the random generator are put back here
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            rng.set_state(rng_state)
+            raise ValueError(str(exc)) from None
         return self
 
     def _initialize(self, layer_units, dtype):
@@ -440,7 +476,10 @@ class _BaseMLP(BaseEstimator):
         return Adam(eta=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
                     epsilon=self.epsilon)
 
-    def _fit_stochastic(self, X, Y, incremental):
+    def _fit_stochastic(self, X, Y, incremental, x_unscanned=False):
+        """The sgd / adam epochs. With ``x_unscanned``, X's values are not yet known to be
+        finite: the first epoch's steps find a NaN or inf (raising _NonFiniteX), and the
+        validation rows of early stopping, which no step reads, are scanned here."""
         net = self._net
         if not incremental or "_optimizer" not in self.__dict__:
             self._optimizer = self._new_optimizer()
@@ -462,9 +501,15 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                                  "or the size of your dataset.")
             X_val, y_val = X[idx_val], self._score_target(Y[idx_val])
+            if x_unscanned:
+                bad = _non_finite_x(X_val, idx_val)
+                if bad is not None:
+                    raise bad
+                rows_train = idx_train
             X, Y = X[idx_train], Y[idx_train]
         else:
             X_val = y_val = None
+            rows_train = None
 
         n = X.shape[0]
         if self.batch_size == "auto":
@@ -476,7 +521,7 @@ class _BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n))
         Yt, labels = self._targets(Y)
         trainer = Trainer(net, X, Yt, labels, batch_size=batch_size, optimizer=opt,
-                          lmbda=float(self.alpha), l2_scale="batch")
+                          lmbda=float(self.alpha), l2_scale="batch", _x_unscanned=x_unscanned)
         sgd = self.solver == "sgd"
         sample_idx = np.arange(n, dtype=np.intp)
         try:
@@ -488,7 +533,15 @@ class _BaseMLP(BaseEstimator):
                     order = np.arange(n)
                     self._random_state.shuffle(order)
                     sample_idx = sample_idx[order]
-                self.loss_ = self._run_epoch(trainer, sample_idx, batch_size)
+                unscanned = trainer.x_unscanned
+                try:
+                    self.loss_ = self._run_epoch(trainer, sample_idx, batch_size)
+                except ValueError:
+                    # Trainer's own error for a NaN or inf of X, or _NON_FINITE
+                    bad = _non_finite_x(X, rows_train) if unscanned else None
+                    if bad is not None:
+                        raise bad from None
+                    raise
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_curve_.append(self.loss_)
@@ -644,9 +697,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _out_activation(self):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
 
-    def _validate_input(self, X, y, incremental, first_pass):
+    def _validate_input(self, X, y, incremental, first_pass, finite=True):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             dtype=self._x_dtype(first_pass), reset=first_pass)
+                             dtype=self._x_dtype(first_pass), reset=first_pass,
+                             ensure_all_finite=finite)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if "classes_" not in self.__dict__ or (not self.warm_start and not incremental):
@@ -792,9 +846,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _out_activation(self):
         return "identity"
 
-    def _validate_input(self, X, y, incremental, first_pass):
+    def _validate_input(self, X, y, incremental, first_pass, finite=True):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             y_numeric=True, dtype=self._x_dtype(first_pass), reset=first_pass)
+                             y_numeric=True, dtype=self._x_dtype(first_pass), reset=first_pass,
+                             ensure_all_finite=finite)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y

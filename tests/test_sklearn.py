@@ -440,6 +440,88 @@ def test_errors():
         clf.predict(X[:, :6])
 
 
+# --------------------------------------------------------------------------- NaN and inf in X
+# fit with sgd or adam finds them in its first epoch (no pass of its own over X)
+
+def _snapshot(est):
+    """What a failed fit must leave as it was: the fitted attributes and, through a refit,
+    the optimizer's state."""
+    return {"coefs": [W.copy() for W in est.coefs_], "intercepts": [b.copy() for b in est.intercepts_],
+            "n_iter_": est.n_iter_, "t_": est.t_, "loss_": est.loss_,
+            "loss_curve_": list(est.loss_curve_), "best_loss_": est.best_loss_}
+
+
+def _assert_snapshot(est, snap):
+    for a, b in zip(est.coefs_, snap["coefs"]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(est.intercepts_, snap["intercepts"]):
+        np.testing.assert_array_equal(a, b)
+    for name in ("n_iter_", "t_", "loss_", "loss_curve_", "best_loss_"):
+        assert getattr(est, name) == snap[name], name
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "regression"])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("activation", ["relu", "logistic", "tanh", "identity"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fit_finds_nan_and_inf_in_its_first_epoch(kind, solver, activation, bad):
+    """A NaN or inf anywhere in X: fit raises scikit-learn's ValueError naming its first place
+    and leaves a new estimator unfitted, the random generator it was given untouched."""
+    X, y = _X(), _targets(kind)
+    rng = np.random.default_rng(hash((kind, solver, activation, str(bad))) % 2**32)
+    for row, col in ((int(rng.integers(103)), int(rng.integers(7))), (102, 6)):
+        Xb = X.copy()
+        Xb[row, col] = bad
+        Xb[row + 1:, :][Xb[row + 1:, :] > 2.5] = -bad  # later ones are not the first
+        state = np.random.RandomState(3)
+        est = _pair(kind, solver=solver, activation=activation, max_iter=3,
+                    random_state=state)[0]
+        what = "NaN" if np.isnan(bad) else "infinity or a value too large"
+        with pytest.raises(ValueError,
+                           match=rf"Input X contains {what}.*first at row {row}, column {col}"):
+            est.fit(Xb, y)
+        assert not hasattr(est, "coefs_") and "_net" not in est.__dict__
+        np.testing.assert_array_equal(state.get_state()[1], np.random.RandomState(3).get_state()[1])
+        with pytest.raises(sklearn.exceptions.NotFittedError):
+            est.predict(X)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "regression"])
+@pytest.mark.parametrize("warm_start", [False, True])
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_failed_fit_leaves_a_fitted_estimator_as_it_was(kind, warm_start, early_stopping):
+    """A fitted estimator whose next fit meets a NaN (in a training row, or in a validation
+    row of early stopping, which no step reads) keeps its parameters, its bookkeeping and its
+    optimizer's state: refitted on clean data it follows the same trajectory as a copy that
+    never met the NaN."""
+    X, y = _X(), _targets(kind)
+    params = dict(solver="adam", max_iter=2, random_state=0, warm_start=warm_start,
+                  early_stopping=early_stopping)
+    est = _pair(kind, **params)[0].fit(X, y)
+    twin = copy.deepcopy(est)
+    snap = _snapshot(est)
+    for row in range(103) if early_stopping else range(0, 103, 17):  # validation rows too
+        Xb = X.copy()
+        Xb[row, 3] = np.nan
+        with pytest.raises(ValueError, match=rf"Input X contains NaN \(first at row {row}, column 3\)"):
+            est.fit(Xb, y)
+        _assert_snapshot(est, snap)
+    est.fit(X, y)
+    twin.fit(X, y)
+    _assert_snapshot(est, _snapshot(twin))
+
+
+def test_partial_fit_and_lbfgs_check_x_first():
+    """partial_fit and lbfgs keep scikit-learn's scan of X before anything else."""
+    X, y = _X(), _targets("multiclass")
+    Xb = X.copy()
+    Xb[5, 2] = np.inf
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        MLPClassifier(solver="lbfgs").fit(Xb, y)
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        MLPClassifier().partial_fit(Xb, y, classes=np.unique(y))
+
+
 # --------------------------------------------------------------------------- scikit-learn's machinery
 
 def test_pickle_clone_and_deepcopy_keep_the_optimizer_state():
