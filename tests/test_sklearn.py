@@ -511,6 +511,25 @@ def test_failed_fit_leaves_a_fitted_estimator_as_it_was(kind, warm_start, early_
     _assert_snapshot(est, _snapshot(twin))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fit_finds_nan_in_float32_and_sparse_input(dtype, sparse):
+    """The first epoch's scan also covers float32 input (fitted in float32) and sparse input
+    (densified first)."""
+    import scipy.sparse
+    X, y = _X(dtype=dtype), _targets("multiclass")
+    X[np.abs(X) < 0.5] = 0
+    X[40, 5] = np.nan
+    Xin = scipy.sparse.csr_matrix(X) if sparse else X
+    est = MLPClassifier(max_iter=2, random_state=0)
+    with pytest.raises(ValueError, match=r"Input X contains NaN \(first at row 40, column 5\)"):
+        est.fit(Xin, y)
+    assert "_net" not in est.__dict__
+    X[40, 5] = 1.0
+    est.fit(scipy.sparse.csr_matrix(X) if sparse else X, y)
+    assert est.coefs_[0].dtype == dtype
+
+
 def test_partial_fit_and_lbfgs_check_x_first():
     """partial_fit and lbfgs keep scikit-learn's scan of X before anything else."""
     X, y = _X(), _targets("multiclass")
