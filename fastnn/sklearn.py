@@ -55,6 +55,13 @@ Differences from scikit-learn, all deliberate:
 - A step that makes a parameter non-finite stops training at once (the
   network keeps its last finite parameters) and raises scikit-learn's
   ValueError "Solver produced non-finite parameter weights".
+- ``fit`` with 'sgd' or 'adam' finds a NaN or inf in X in its first epoch
+  (a bad value makes that step's update non-finite) rather than in a pass of
+  its own over X before training; it then puts the estimator back as it was
+  (attributes, network, optimizer state, random generator) and raises
+  scikit-learn's ValueError ("Input X contains NaN", ...), naming the first
+  bad row and column. ``partial_fit`` and 'lbfgs' scan X first, as
+  scikit-learn does.
 """
 import numbers
 import warnings
@@ -337,15 +344,16 @@ class _BaseMLP(BaseEstimator):
         # Trainer), not a pass of its own over X (S1 of benchmarks/sklearn_compare.py: 35 ms
         # per fit); if the epoch finds one, the estimator is put back as it was
         lazy = self.solver in _STOCHASTIC_SOLVERS and not incremental
-        X, Y = self._validate_input(X, y, incremental, first_pass, finite=not lazy)
-        X = self._as_dense(X, X.dtype if first_pass else self._net.dtype)
-        if Y.ndim == 1:
-            Y = Y.reshape(-1, 1)
         if lazy:
+            # (validation itself sets n_features_in_, classes_ and the label binarizer)
             before = dict(self.__dict__)
             rng = check_random_state(self.random_state)
             rng_state = rng.get_state()
         try:
+            X, Y = self._validate_input(X, y, incremental, first_pass, finite=not lazy)
+            X = self._as_dense(X, X.dtype if first_pass else self._net.dtype)
+            if Y.ndim == 1:
+                Y = Y.reshape(-1, 1)
             self.n_outputs_ = Y.shape[1]
             layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
             self._random_state = check_random_state(self.random_state)

@@ -506,6 +506,20 @@ def test_failed_fit_leaves_a_fitted_estimator_as_it_was(kind, warm_start, early_
         with pytest.raises(ValueError, match=rf"Input X contains NaN \(first at row {row}, column 3\)"):
             est.fit(Xb, y)
         _assert_snapshot(est, snap)
+    if not warm_start:
+        # a refit on other data (other features, other classes) keeps the old model whole
+        X2, y2 = _X(n=60, d=5, seed=1), _targets(kind, n=60, seed=1)
+        if kind == "multiclass":
+            y2 = np.where(y2 == "emu", "yak", y2)
+        X2[7, 1] = np.inf
+        pred = est.predict(X)
+        with pytest.raises(ValueError, match=r"Input X contains infinity.*row 7, column 1"):
+            est.fit(X2, y2)
+        _assert_snapshot(est, snap)
+        assert est.n_features_in_ == 7
+        if kind == "multiclass":
+            np.testing.assert_array_equal(est.classes_, ["cat", "dog", "emu"])
+        np.testing.assert_array_equal(est.predict(X), pred)
     est.fit(X, y)
     twin.fit(X, y)
     _assert_snapshot(est, _snapshot(twin))
