@@ -1,5 +1,7 @@
 """The Cython kernels against NumPy: BLAS wrapper, fused SGD update, forward pass,
 chunked evaluation, and the 'cython' engine against the 'numpy' engine."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -212,6 +214,29 @@ def _forward_every_batch_size(dtype, small):
         _core.set_small_max_rows(old)
 
 
+def _chunked_feedforward(net, X, m):
+    """The kernels' feedforward of X, m rows per call."""
+    out = np.empty((X.shape[0], net.sizes[-1]), dtype=net.dtype)
+    work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=net.dtype)
+    _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, m)
+    return out
+
+
+@contextlib.contextmanager
+def _row_block_kernel(tiling=True):
+    """Every batch size in the small forward kernel's row-block variant, the fan-in cut into
+    tiles where it is wide (tiling) or not."""
+    old_tiled = _core.set_tiled_max_rows(0, 0)
+    old = _core.set_small_max_rows(1 << 30)
+    old_tiling = _core.set_forward_tiling(tiling)
+    try:
+        yield
+    finally:
+        _core.set_forward_tiling(old_tiling)
+        _core.set_small_max_rows(old)
+        _core.set_tiled_max_rows(*old_tiled)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_forward_row_blocks_give_the_same_bits_whatever_the_block(dtype):
     """The row-block kernel takes 6-row blocks (against 2 rows of W) while an even number of
@@ -222,18 +247,8 @@ def test_forward_row_blocks_give_the_same_bits_whatever_the_block(dtype):
     net = fastnn.Network(sizes, hidden=["relu", "tanh"], output="softmax", cost="log-likelihood",
                          dtype=dtype, seed=5)
     X = np.random.default_rng(6).standard_normal((168, 301)).astype(dtype)
-    old_tiled = _core.set_tiled_max_rows(0, 0)
-    old = _core.set_small_max_rows(1 << 30)
-    try:
-        outs = {}
-        for m in (4, 12, 24, 28):
-            out = np.empty((168, 5), dtype=dtype)
-            work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
-            _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, m)
-            outs[m] = out
-    finally:
-        _core.set_small_max_rows(old)
-        _core.set_tiled_max_rows(*old_tiled)
+    with _row_block_kernel():
+        outs = {m: _chunked_feedforward(net, X, m) for m in (4, 12, 24, 28)}
     for m in (12, 24, 28):
         np.testing.assert_array_equal(outs[m], outs[4], err_msg=f"chunks of {m} rows")
 
@@ -245,7 +260,8 @@ WIDE_FAN_IN = {"float64": 701, "float32": 1100}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_forward_tiled_row_blocks_match_the_reference(dtype):
+@pytest.mark.parametrize("tiling", [True, False])
+def test_forward_tiled_row_blocks_match_the_reference(dtype, tiling):
     """With a fan-in cut into tiles (each output the sum of its tiles' dot products), the
     row-block kernel's outputs equal the float64 reference, tiled or not, for every chunk
     size (4-row blocks and the last m % 4 rows)."""
@@ -255,23 +271,10 @@ def test_forward_tiled_row_blocks_match_the_reference(dtype):
                          dtype=dtype, seed=11)
     X = np.random.default_rng(12).standard_normal((45, k)).astype(dtype)
     _, As = np_forward(sizes, net.activations, net.params.astype(np.float64), X.astype(np.float64))
-    old_tiled = _core.set_tiled_max_rows(0, 0)
-    old = _core.set_small_max_rows(1 << 30)
-    old_tiling = _core.set_forward_tiling(True)
-    try:
-        for tiling in (True, False):
-            _core.set_forward_tiling(tiling)
-            for m in (4, 9, 16, 45):
-                out = np.empty((45, 7), dtype=dtype)
-                work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
-                _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out,
-                                  work, m)
-                np.testing.assert_allclose(out, As[-1], rtol=RTOL[dtype], atol=RTOL[dtype],
-                                           err_msg=f"tiling {tiling}, chunks of {m} rows")
-    finally:
-        _core.set_forward_tiling(old_tiling)
-        _core.set_small_max_rows(old)
-        _core.set_tiled_max_rows(*old_tiled)
+    with _row_block_kernel(tiling):
+        for m in (4, 9, 16, 45):
+            np.testing.assert_allclose(_chunked_feedforward(net, X, m), As[-1], rtol=RTOL[dtype],
+                                       atol=RTOL[dtype], err_msg=f"chunks of {m} rows")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -286,24 +289,9 @@ def test_forward_tiled_row_blocks_give_the_same_bits_whatever_the_block(dtype):
                          dtype=dtype, seed=13)
     X = np.random.default_rng(14).standard_normal((88, k)).astype(dtype)
     perm = np.random.default_rng(15).permutation(88)
-    old_tiled = _core.set_tiled_max_rows(0, 0)
-    old = _core.set_small_max_rows(1 << 30)
-    old_tiling = _core.set_forward_tiling(True)
-    try:
-        outs = {}
-        for m in (4, 8, 24, 44):
-            out = np.empty((88, 5), dtype=dtype)
-            work = np.empty(_core.workspace_size(net._sizes_c, m), dtype=dtype)
-            _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params, X, out, work, m)
-            outs[m] = out
-        out = np.empty((88, 5), dtype=dtype)
-        work = np.empty(_core.workspace_size(net._sizes_c, 44), dtype=dtype)
-        _core.feedforward(net._sizes_c, net._acts_c, net._cost_c, net.params,
-                          np.ascontiguousarray(X[perm]), out, work, 44)
-    finally:
-        _core.set_forward_tiling(old_tiling)
-        _core.set_small_max_rows(old)
-        _core.set_tiled_max_rows(*old_tiled)
+    with _row_block_kernel():
+        outs = {m: _chunked_feedforward(net, X, m) for m in (4, 8, 24, 44)}
+        out = _chunked_feedforward(net, np.ascontiguousarray(X[perm]), 44)
     for m in (8, 24, 44):
         np.testing.assert_array_equal(outs[m], outs[4], err_msg=f"chunks of {m} rows")
     np.testing.assert_array_equal(out, outs[4][perm], err_msg="rows in another order")

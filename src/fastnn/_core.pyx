@@ -759,8 +759,8 @@ cdef void next_rows_plan(const Job* job, int t, fastnn_pf_plan* plan) noexcept n
     block its forward tasks take with equal shares (thread h of T: the (T - h)-th of T equal
     blocks, as task_range lays them out; the blocks that follow the threads' speeds move
     from there by a few rows at most). C2 (400 KB of rows, forward by the batch's rows): a
-    half per thread, 0.970x and 0.993x the time of no prefetch (one process, alternating
-    epochs); all of them per thread had been 4-5 % slower than none."""
+    half per thread, 0.953x the time of no prefetch (one process, alternating epochs; 0.970x
+    and 0.993x in two earlier runs); all of them per thread had been 4-5 % slower than none."""
     cdef Py_ssize_t n0 = job.net.sizes[0], itemsize = 4 if job.f32 else 8
     cdef Py_ssize_t threads = max(1, min(<Py_ssize_t>fastnn_pool_get_threads(), <Py_ssize_t>job.ntasks))
     cdef Py_ssize_t h = t % threads, q = t // threads
