@@ -1776,9 +1776,9 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     parameters, for the rows ``next_rows`` into ``next_work`` (so the next step's forward
     starts at layer 1) where run_job lets it (``formed_a1`` says whether it did). The
     biases are therefore updated before the weights. ``bal`` holds the threads' speeds
-    (see balance_blocks; NULL: equal blocks). With ``sparse_delta``, the fused update skips
-    the batch rows whose delta is zero when at most fused_sparse_max of it is non-zero (see
-    set_fused_sparse).
+    (see balance_blocks; NULL: equal blocks). With ``sparse_delta``, the fused update of a
+    ReLU layer skips the batch rows whose delta is zero when at most fused_sparse_max of it
+    is non-zero (see set_fused_sparse).
     """
     cdef int l, t, bad = 0
     cdef double norm = 0
@@ -1798,7 +1798,6 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     job.pf_idx = next_idx
     job.pf_m = next_m if X != NULL and next_idx != NULL else 0
     job.bal = bal
-    job.sparse_max = fused_sparse_max if sparse_delta else 0
     for l in range(net.L - 1, -1, -1):
         n_in = net.sizes[l]
         n_out = net.sizes[l + 1]
@@ -1818,6 +1817,9 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
         bad |= update_segment(params + off + nw, gb, vel + off + nw, sq + off + nw, n_out, r, False)
         job.kind = JOB_GRAD_UPDATE
         job.small = fused_layer(net, l, m, r.mode)
+        # only a ReLU layer's delta has exact zeros to skip (elsewhere the kernel would count
+        # D's non-zeros every step only to find too many)
+        job.sparse_max = fused_sparse_max if sparse_delta and net.acts[l] == ACT_RELU else 0
         if l == 0 and next_fwd_m > 0:
             job.nf_rows = <const void**>next_rows
             job.nf_m = next_fwd_m

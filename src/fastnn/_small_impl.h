@@ -620,6 +620,16 @@ typedef struct {
         }                                                                                  \
     } while (0)
 
+/* the update of row j of W's NV vectors from kk on, their gradient sums in g_[] */
+#define TN_ROW_UPDATE(NV)                                                                  \
+    do {                                                                                   \
+        TN_UPDATE_LOCALS;                                                                  \
+        for (vx_ = 0; vx_ < NV; vx_++)                                                     \
+            UPDATE_VEC_ANY(PV(j, kk + vx_ * VL), g_[vx_], VV(j, kk + vx_ * VL),             \
+                           SV(j, kk + vx_ * VL), chk);                                     \
+        TN_UPDATE_FOLD;                                                                    \
+    } while (0)
+
 /* one row of W (j), NV vectors: g[v] = sum_i D[i][j] Ap[i][v], D's column packed at dp */
 #define TN_ROW(NV, SRC)                                                                    \
     do {                                                                                   \
@@ -631,13 +641,7 @@ typedef struct {
             VT dd_ = VSET1(dp[i]);                                                         \
             for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VFMA(dd_, VLOAD(SRC(i, NV) + vx_ * VL), g_[vx_]); \
         }                                                                                  \
-        {                                                                                  \
-            TN_UPDATE_LOCALS;                                                              \
-            for (vx_ = 0; vx_ < NV; vx_++)                                                 \
-                UPDATE_VEC_ANY(PV(j, kk + vx_ * VL), g_[vx_], VV(j, kk + vx_ * VL),         \
-                               SV(j, kk + vx_ * VL), chk);                                 \
-            TN_UPDATE_FOLD;                                                                \
-        }                                                                                  \
+        TN_ROW_UPDATE(NV);                                                                 \
     } while (0)
 
 /* the batch's strip of NV vectors of columns from kk on, packed row after row into Ap */
@@ -703,13 +707,7 @@ typedef struct {
                 VT dd_ = VSET1(sv_[t_]);                                                   \
                 for (vx_ = 0; vx_ < NV; vx_++) g_[vx_] = VFMA(dd_, VLOAD(a_ + vx_ * VL), g_[vx_]); \
             }                                                                              \
-            {                                                                              \
-                TN_UPDATE_LOCALS;                                                          \
-                for (vx_ = 0; vx_ < NV; vx_++)                                             \
-                    UPDATE_VEC_ANY(PV(j, kk + vx_ * VL), g_[vx_], VV(j, kk + vx_ * VL),     \
-                                   SV(j, kk + vx_ * VL), chk);                             \
-                TN_UPDATE_FOLD;                                                            \
-            }                                                                              \
+            TN_ROW_UPDATE(NV);                                                             \
         }                                                                                  \
     }
 /* the sparse variant's batches: a 12-vector strip of up to 64 rows (24 KiB of float32) */
@@ -989,6 +987,7 @@ FASTNN_AVX2 static int CAT(small_tn_update, SFX)(const T *D, Py_ssize_t ldd, con
 }
 #undef TN_BLOCK
 #undef TN_ROW
+#undef TN_ROW_UPDATE
 #undef TN_PACK
 #undef TN_STRIPS
 #undef TN_SPARSE_STRIPS
