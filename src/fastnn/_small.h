@@ -90,11 +90,21 @@ typedef struct {
 /* The next `step` lines of the plan from *at on (below q1); advances *at. */
 static inline void fastnn_pf_slice(const fastnn_pf_plan *p, Py_ssize_t *at, Py_ssize_t step)
 {
-    Py_ssize_t q = *at, end;
+    Py_ssize_t q = *at, end, r, l;
+    const char *row;
     if (p == NULL || q >= p->q1) return;
     end = q + step < p->q1 ? q + step : p->q1;
-    for (; q < end; q++)
-        __builtin_prefetch(p->X + p->idx[q / p->lines] * p->row_bytes + 64 * (q % p->lines), 0, 3);
+    /* one division per slice, not one per line (an idiv per line was 2 % of C1's update) */
+    r = q / p->lines;
+    l = q % p->lines;
+    row = p->X + p->idx[r] * p->row_bytes;
+    for (; q < end; q++) {
+        __builtin_prefetch(row + 64 * l, 0, 3);
+        if (++l == p->lines && q + 1 < end) {
+            l = 0;
+            row = p->X + p->idx[++r] * p->row_bytes;
+        }
+    }
     *at = end;
 }
 
