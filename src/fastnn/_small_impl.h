@@ -730,10 +730,11 @@ FASTNN_AVX2 static inline __attribute__((always_inline)) int CAT(tn_sparse_body,
     const T *D, Py_ssize_t ldd, const T *const *Ar, Py_ssize_t a_off, T *W, T *V, T *S,
     Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t kv, const int mode,
     const T *uconst_in, const CAT(adam_consts, SFX) *ac, void *scratch, T *chk_acc,
-    double *sq_acc, const int sq_on, const fastnn_pf_plan *pf, Py_ssize_t *pf_at_io,
+    double *sq_acc, const int sq_on, const fastnn_pf_plan *pf, fastnn_pf_at *pf_at_io,
     double sparse_max)
 {
-    Py_ssize_t i, j, kk = 0, nnz = 0, pf_at = *pf_at_io, pf_step;
+    Py_ssize_t i, j, kk = 0, nnz = 0, pf_step;
+    fastnn_pf_at pf_at = *pf_at_io;
     T uconst[4] = {uconst_in[0], uconst_in[1], uconst_in[2], uconst_in[3]};
     VT xchk = VZERO();
     T *Ap = (T *)((char *)scratch + (m * n * (Py_ssize_t)sizeof(T) + 63) / 64 * 64);
@@ -784,7 +785,7 @@ FASTNN_AVX2 static __attribute__((noinline)) int CAT(tn_sparse_update, SFX)(
     const T *D, Py_ssize_t ldd, const T *const *Ar, Py_ssize_t a_off, T *W, T *V, T *S,
     Py_ssize_t ldw, Py_ssize_t m, Py_ssize_t n, Py_ssize_t kv, int mode,
     const T *uconst_in, const CAT(adam_consts, SFX) *ac, void *scratch, T *chk_acc,
-    double *sq_acc, int sq_on, const fastnn_pf_plan *pf, Py_ssize_t *pf_at_io,
+    double *sq_acc, int sq_on, const fastnn_pf_plan *pf, fastnn_pf_at *pf_at_io,
     double sparse_max)
 {
 #define TN_SPARSE_CALL(MODE, SQ)                                                           \
@@ -821,7 +822,7 @@ FASTNN_AVX2 static inline __attribute__((always_inline)) int CAT(small_tn_update
 {
     Py_ssize_t i, j, c, kk = 0, kv = k - k % VL, n4 = n - n % 4;
     /* the plan's lines spread evenly over the blocks (about one per 3 vectors of 4 rows) */
-    Py_ssize_t pf_at = pf ? pf->q0 : 0;
+    fastnn_pf_at pf_at = fastnn_pf_start(pf);
     Py_ssize_t pf_blocks = (n4 / 4 + n % 4) * ((kv / VL + 2) / 3);
     Py_ssize_t pf_step = pf ? (pf->q1 - pf->q0 + pf_blocks - 1) / (pf_blocks > 0 ? pf_blocks : 1) : 0;
     /* Nothing but a block's accumulators may stay in registers across its loop over the
