@@ -223,15 +223,17 @@ def _chunked_feedforward(net, X, m):
 
 
 @contextlib.contextmanager
-def _row_block_kernel(tiling=True):
+def _row_block_kernel(tiling=True, tiles_outer=True):
     """Every batch size in the small forward kernel's row-block variant, the fan-in cut into
-    tiles where it is wide (tiling) or not."""
+    tiles where it is wide (tiling) or not, the tiles taken outermost or inside each block."""
     old_tiled = _core.set_tiled_max_rows(0, 0)
     old = _core.set_small_max_rows(1 << 30)
     old_tiling = _core.set_forward_tiling(tiling)
+    old_outer = _core.set_forward_tiles_outer(tiles_outer)
     try:
         yield
     finally:
+        _core.set_forward_tiles_outer(old_outer)
         _core.set_forward_tiling(old_tiling)
         _core.set_small_max_rows(old)
         _core.set_tiled_max_rows(*old_tiled)
@@ -260,18 +262,18 @@ WIDE_FAN_IN = {"float64": 701, "float32": 1100}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("tiling", [True, False])
-def test_forward_tiled_row_blocks_match_the_reference(dtype, tiling):
+@pytest.mark.parametrize("tiling, tiles_outer", [(True, True), (True, False), (False, True)])
+def test_forward_tiled_row_blocks_match_the_reference(dtype, tiling, tiles_outer):
     """With a fan-in cut into tiles (each output the sum of its tiles' dot products), the
-    row-block kernel's outputs equal the float64 reference, tiled or not, for every chunk
-    size (4-row blocks and the last m % 4 rows)."""
+    row-block kernel's outputs equal the float64 reference, tiled or not, the tiles outermost
+    or inside each block, for every chunk size (4-row blocks and the last m % 4 rows)."""
     k = WIDE_FAN_IN[dtype]
     sizes = [k, 43, 7]
     net = fastnn.Network(sizes, hidden="tanh", output="softmax", cost="log-likelihood",
                          dtype=dtype, seed=11)
     X = np.random.default_rng(12).standard_normal((45, k)).astype(dtype)
     _, As = np_forward(sizes, net.activations, net.params.astype(np.float64), X.astype(np.float64))
-    with _row_block_kernel(tiling):
+    with _row_block_kernel(tiling, tiles_outer):
         for m in (4, 9, 16, 45):
             np.testing.assert_allclose(_chunked_feedforward(net, X, m), As[-1], rtol=RTOL[dtype],
                                        atol=RTOL[dtype], err_msg=f"chunks of {m} rows")
@@ -295,6 +297,35 @@ def test_forward_tiled_row_blocks_give_the_same_bits_whatever_the_block(dtype):
     for m in (8, 24, 44):
         np.testing.assert_array_equal(outs[m], outs[4], err_msg=f"chunks of {m} rows")
     np.testing.assert_array_equal(out, outs[4][perm], err_msg="rows in another order")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_tiles_outermost_give_the_same_bits_as_tiles_inside_blocks(dtype):
+    """Every block of rows through tile 0, then tile 1 (the default), or each block through
+    both tiles in turn: each entry is the same sum of the same tile dot products, so the
+    outputs are the same bits, for 4-row blocks and the last m % 4 rows alike; and training
+    through that kernel follows the same trajectory bit for bit."""
+    k = WIDE_FAN_IN[dtype]
+    sizes = [k, 29, 6]
+    X = np.random.default_rng(16).standard_normal((90, k)).astype(dtype)
+    y = np.random.default_rng(17).integers(0, 6, 90)
+    outs, params = {}, {}
+    for outer in (True, False):
+        net = fastnn.Network(sizes, hidden="relu", output="softmax", cost="log-likelihood",
+                             dtype=dtype, seed=18)
+        with _row_block_kernel(tiles_outer=outer):
+            outs[outer] = {m: _chunked_feedforward(net, X, m) for m in (7, 45, 90)}
+            net.fit(X, y, epochs=2, batch_size=43, optimizer=fastnn.SGD(0.05, momentum=0.9),
+                    seed=19, monitor_training=False)
+        params[outer] = net.params.copy()
+    for m in (7, 45, 90):
+        np.testing.assert_array_equal(outs[True][m], outs[False][m], err_msg=f"chunks of {m}")
+    np.testing.assert_array_equal(params[True], params[False])
+    # the two orders do differ from the untiled kernel (the tiles are really taken)
+    net = fastnn.Network(sizes, hidden="relu", output="softmax", cost="log-likelihood",
+                         dtype=dtype, seed=18)
+    with _row_block_kernel(tiling=False):
+        assert not np.array_equal(_chunked_feedforward(net, X, 90), outs[True][90])
 
 
 def test_predict_is_argmax_and_threshold():

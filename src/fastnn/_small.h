@@ -61,6 +61,9 @@ static int fastnn_nt_tiled_rows_d = 16;
 static int fastnn_nt_prefetch_next = 1;
 /* whether the row-block kernel cuts k into tiles where 4 rows outgrow half of L1 */
 static int fastnn_nt_rows_tiling = 1;
+/* whether it then takes the tiles outermost (every block through tile 0, then tile 1, ...)
+ * rather than each block through every tile in turn (the same bits) */
+static int fastnn_nt_tiles_outer = 1;
 /* whether the fused update prefetches the batch's strip after next as it packs a strip */
 static int tn_pf_strip = 1;
 
