@@ -8,7 +8,7 @@ same permutation every epoch and, in float64, the same trajectory up to rounding
 ``fit(max_iter=K)`` on the same Fashion-MNIST rows, with ``n_iter_no_change=inf`` so every
 run trains exactly K epochs. The time per epoch is the wall time of ``fit`` / K (input
 validation included, as users pay it). The runs of one configuration alternate between the
-two libraries R times; the table gives the median and minimum seconds per epoch, the ratio
+two libraries R times, after one untimed epoch of each; the table gives the median and minimum seconds per epoch, the ratio
 of the medians (and of the median CPU times of the process, all threads, which other busy
 processes disturb less), the issue's target and the largest relative difference of the final
 weights (float64: rounding; float32 Adam: rarely-active weights may part, see below).
@@ -90,8 +90,11 @@ def run(configs, epochs, repeats, samples, settle=0.3):
         times = {"fastnn": [], "sklearn": []}
         cpus = {"fastnn": [], "sklearn": []}
         models = {}
-        # one untimed fastnn epoch first: imports, first-touch of the workspace
-        _time_fit(FastMLP, dict(params, max_iter=1), X[:2000], y[:2000])
+        # one untimed epoch of each library over all the rows first (imports, first-touch
+        # of the workspace, and the data's first pass: in session 11 the first timed fit of
+        # S1 took 1.2-1.4x the time of the later ones in both libraries, fastnn's most)
+        for cls in (FastMLP, SkMLP):
+            _time_fit(cls, dict(params, max_iter=1), X, y, settle)
         for _ in range(repeats):
             for label, cls in (("fastnn", FastMLP), ("sklearn", SkMLP)):
                 seconds, cpu, models[label] = _time_fit(cls, params, X, y, settle)
