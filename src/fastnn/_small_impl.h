@@ -268,9 +268,11 @@ static void CAT(small_nt_tiled, SFX)(const T *const *Ar, const T *W, T *Z,
  * m = 64, 128; n = 30-100; float32, k = 784).
  *
  * Where 4 rows of A outgrow half of L1 (float64 rows of 784: 25 KiB), k is cut into
- * FASTNN_NT_ROWS_TILES(k) equal tiles (whole vectors; the last may be shorter) and each block
- * of 4 rows goes through W tile by tile, so that the block's tile stays in L1 beside W's
- * streams: Z[i, j] = hsum(dot over tile 0) + hsum(dot over tile 1) + ..., in that order.
+ * FASTNN_NT_ROWS_TILES(k) equal tiles (whole vectors; the last may be shorter) and the blocks
+ * of 4 rows go through W tile by tile (all the blocks through tile 0, then through tile 1,
+ * ...; or, with fastnn_nt_tiles_outer off, each block through every tile in turn), so that
+ * a block's tile stays in L1 beside W's streams: Z[i, j] = hsum(dot over tile 0) +
+ * hsum(dot over tile 1) + ..., in that order.
  * float64, k = 784, 2 tiles: 15-25 % faster (C harness, m = 200, n = 50, rows drawn from a
  * 60 000-row array); S1 (scikit-learn's defaults) 3.6 % less time per epoch in one process.
  * 6-row blocks over the tiles were 3-5 % slower than 4; prefetching the next block's rows
