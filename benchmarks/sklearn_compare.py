@@ -8,10 +8,11 @@ same permutation every epoch and, in float64, the same trajectory up to rounding
 ``fit(max_iter=K)`` on the same Fashion-MNIST rows, with ``n_iter_no_change=inf`` so every
 run trains exactly K epochs. The time per epoch is the wall time of ``fit`` / K (input
 validation included, as users pay it). The runs of one configuration alternate between the
-two libraries R times, after one untimed epoch of each; the table gives the median and minimum seconds per epoch, the ratio
-of the medians (and of the median CPU times of the process, all threads, which other busy
-processes disturb less), the issue's target and the largest relative difference of the final
-weights (float64: rounding; float32 Adam: rarely-active weights may part, see below).
+two libraries R times, after one untimed epoch of each; the table gives the median and
+minimum seconds per epoch, the ratio of the medians (and of the median CPU times of the
+process, all threads, which other busy processes disturb less), the issue's target and the
+largest relative difference of the final weights (float64: rounding; float32 Adam:
+rarely-active weights may part, see below).
 
 | config | settings | target |
 |---|---|---|

@@ -446,8 +446,8 @@ def test_errors():
 def _snapshot(est):
     """What a failed fit must leave as it was: the fitted attributes and, through a refit,
     the optimizer's state."""
-    return {"coefs": [W.copy() for W in est.coefs_], "intercepts": [b.copy() for b in est.intercepts_],
-            "n_iter_": est.n_iter_, "t_": est.t_, "loss_": est.loss_,
+    return {"coefs": [W.copy() for W in est.coefs_],
+            "intercepts": [b.copy() for b in est.intercepts_], "n_iter_": est.n_iter_, "t_": est.t_, "loss_": est.loss_,
             "loss_curve_": list(est.loss_curve_), "best_loss_": est.best_loss_}
 
 
@@ -503,7 +503,8 @@ def test_failed_fit_leaves_a_fitted_estimator_as_it_was(kind, warm_start, early_
     for row in range(103) if early_stopping else range(0, 103, 17):  # validation rows too
         Xb = X.copy()
         Xb[row, 3] = np.nan
-        with pytest.raises(ValueError, match=rf"Input X contains NaN \(first at row {row}, column 3\)"):
+        msg = rf"Input X contains NaN \(first at row {row}, column 3\)"
+        with pytest.raises(ValueError, match=msg):
             est.fit(Xb, y)
         _assert_snapshot(est, snap)
     if not warm_start:
