@@ -316,6 +316,48 @@ def test_phase_timing_accounts_the_training_steps():
         _core.set_phase_timing(old)
 
 
+def test_region_timing_counts_every_region_and_its_tasks_without_changing_a_bit(
+        split_everything):
+    """The regions' profiling switch: off by default (nothing accumulates); on, each step of
+    a [37, 45, 23, 5] network counts one forward and one fused-update region per layer (its
+    delta regions for the layers above the first), each region at least one task, the tasks
+    split between the calling thread and the helper; the trained parameters are the same
+    bits as with the switch off; region_times(reset=True) clears the counts."""
+    fastnn.set_num_threads(2)
+    X, y = make_data(95, SIZES[0], SIZES[-1], seed=53)
+    old = _core.set_region_timing(False)
+    try:
+        def train(timed):
+            _core.set_region_timing(timed)
+            net = fastnn.Network(SIZES, hidden="tanh", output="softmax", cost="log-likelihood",
+                                 seed=54)
+            net.fit(X, y, epochs=2, batch_size=10, optimizer=fastnn.SGD(eta=0.1, momentum=0.9),
+                    seed=55, monitor_training=False)
+            return net.params
+
+        _core.region_times()
+        off = train(False)
+        assert _core.region_times() == {}
+        on = train(True)
+        times = _core.region_times()
+        np.testing.assert_array_equal(on, off)
+        steps = 2 * 10  # 95 rows in batches of 10
+        for layer in range(3):
+            assert times[("forward", layer)]["regions"] == steps
+            assert times[("gradient+update", layer)]["regions"] == steps
+        for layer in (1, 2):
+            assert times[("delta", layer)]["regions"] == steps
+        for key, t in times.items():
+            assert t["caller_tasks"] + t["helper_tasks"] >= t["regions"], key
+            assert min(t["wall_s"], t["caller_s"], t["helper_s"]) >= 0, key
+            assert t["caller_tasks"] > 0 and t["caller_s"] > 0, key
+        # every region split in two or more tasks: the helper ran some of them
+        assert sum(t["helper_tasks"] for t in times.values()) > 0
+        assert _core.region_times() == {}  # the previous call reset them
+    finally:
+        _core.set_region_timing(old)
+
+
 @pytest.mark.parametrize("split,unit,ntasks,threads", [
     (s, u, nt, th) for s in (0, 1, 7, 30, 49, 100, 784) for u in (1, 3, 4, 8, 16)
     for th in (1, 2, 3) for nt in (th, 2 * th, 7)])

@@ -480,10 +480,15 @@ cdef int run_job(Job* job) noexcept nogil:
         sq_after = job.want_sq
         job.want_sq = False
         job.sq_units_on = sq_after
+    cdef bint timed = region_timing
+    cdef long r0 = fastnn_pool_now_ns() if timed else 0
     if nt == 1:
         job_task_any(<void*>job, 0)
     else:
         fastnn_pool_run(job.ntasks, job_task_any, <void*>job)
+    if timed:
+        fastnn_count_add(&rt_wall_ns[rt_slot(job)], fastnn_pool_now_ns() - r0)
+        fastnn_count_add(&rt_regions[rt_slot(job)], 1)
     if job.bal_slot >= 0:
         balance_learn(job)
     if sq_after:
@@ -733,16 +738,79 @@ cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
     j1[0] = min(job.split, job.unit * (before + task_units(units, job.ntasks, threads, t)))
 
 
+# Optional accounting of the parallel regions (for profiling; off by default): per kind of
+# region and layer (layers past the fourth counted with it), how many regions ran and their
+# wall time as the caller saw it, and the tasks the calling thread and the helpers ran and
+# the time each spent in them, so that a region's wait (its wall time against its slowest
+# thread's tasks) and the threads' imbalance show. Two networks may train at once in two
+# Python threads, hence the atomic adds.
+cdef enum:
+    RT_LAYERS = 4
+    RT_KINDS = 6
+cdef bint region_timing = False
+cdef Py_ssize_t rt_regions[RT_KINDS * RT_LAYERS]
+cdef Py_ssize_t rt_wall_ns[RT_KINDS * RT_LAYERS]
+cdef Py_ssize_t rt_tasks[2][RT_KINDS * RT_LAYERS]
+cdef Py_ssize_t rt_task_ns[2][RT_KINDS * RT_LAYERS]
+RT_NAMES = ("forward", "delta", "gradient", "gradient+update", "gather", "prefetch")
+
+
+cdef inline int rt_slot(const Job* job) noexcept nogil:
+    return job.kind * RT_LAYERS + min(job.l, RT_LAYERS - 1)
+
+
+def set_region_timing(bint on):
+    """Account the kernels' parallel regions (see region_times); returns the old setting."""
+    global region_timing
+    old = region_timing
+    region_timing = on
+    return old
+
+
+def region_times(bint reset=True):
+    """{(kind, layer): {"regions", "wall_s", "caller_tasks", "caller_s", "helper_tasks",
+    "helper_s"}} accumulated while region timing is on: how many regions of that kind ran
+    for that layer (prefetch regions are not timed as a whole, only their tasks), their
+    wall time as the calling thread saw it, and the tasks run by the calling thread and by
+    the helpers with the seconds spent in them. Layers from the fourth on count as the
+    fourth."""
+    cdef int i, w
+    out = {}
+    for i in range(RT_KINDS * RT_LAYERS):
+        if rt_regions[i] or rt_tasks[0][i] or rt_tasks[1][i]:
+            out[(RT_NAMES[i // RT_LAYERS], i % RT_LAYERS)] = {
+                "regions": rt_regions[i], "wall_s": rt_wall_ns[i] * 1e-9,
+                "caller_tasks": rt_tasks[0][i], "caller_s": rt_task_ns[0][i] * 1e-9,
+                "helper_tasks": rt_tasks[1][i], "helper_s": rt_task_ns[1][i] * 1e-9}
+    if reset:
+        for i in range(RT_KINDS * RT_LAYERS):
+            rt_regions[i] = 0
+            rt_wall_ns[i] = 0
+            for w in range(2):
+                rt_tasks[w][i] = 0
+                rt_task_ns[w][i] = 0
+    return out
+
+
 cdef void job_task_any(void* ctx, int t) noexcept nogil:
     cdef Job* job = <Job*>ctx
-    cdef long t0 = fastnn_pool_now_ns() if job.bal_slot >= 0 else 0
+    cdef bint timed = region_timing
+    cdef long t0 = fastnn_pool_now_ns() if job.bal_slot >= 0 or timed else 0
+    cdef long dt
+    cdef int who
     if job.f32:
         job_task(job, t, <float*>NULL)
     else:
         job_task(job, t, <double*>NULL)
-    if job.bal_slot >= 0:
-        job.task_ns[t] = fastnn_pool_now_ns() - t0
-        job.ran_on[t] = fastnn_pool_self()
+    if job.bal_slot >= 0 or timed:
+        dt = fastnn_pool_now_ns() - t0
+        if job.bal_slot >= 0:
+            job.task_ns[t] = dt
+            job.ran_on[t] = fastnn_pool_self()
+        if timed:
+            who = fastnn_pool_self() != 0
+            fastnn_count_add(&rt_tasks[who][rt_slot(job)], 1)
+            fastnn_count_add(&rt_task_ns[who][rt_slot(job)], dt)
 
 
 cdef inline bint next_forward_splits_rows(const Net* net, Py_ssize_t m, bint f32) noexcept nogil:
