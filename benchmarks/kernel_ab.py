@@ -179,8 +179,12 @@ def headers_from(rev, repo, dest):
             with open(path, "rb") as f:
                 data = f.read()
         else:
-            data = subprocess.run(["git", "-C", repo, "show", f"{rev}:src/fastnn/{name}"],
-                                  check=True, capture_output=True).stdout
+            got = subprocess.run(["git", "-C", repo, "show", f"{rev}:src/fastnn/{name}"],
+                                 capture_output=True)
+            if got.returncode != 0:
+                raise SystemExit(f"kernel_ab: cannot read src/fastnn/{name} at revision "
+                                 f"{rev!r}: {got.stderr.decode().strip()}")
+            data = got.stdout
         with open(os.path.join(dest, name), "wb") as f:
             f.write(data)
 

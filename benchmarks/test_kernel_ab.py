@@ -39,6 +39,11 @@ def test_shapes_default_to_the_whole_fan_in_and_momentum_or_nesterov_for_sparse(
     assert kernel_ab.parse_shape("update:d:200:100:392:adam", 784)[-1] == 3
 
 
+def test_an_unknown_revision_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="cannot read src/fastnn/_small.h at revision"):
+        kernel_ab.headers_from("no-such-revision", os.path.dirname(HERE), str(tmp_path))
+
+
 @needs_gcc
 def test_the_working_tree_against_itself_gives_the_same_bits_for_every_kind_of_shape():
     out = subprocess.run(
