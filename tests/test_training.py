@@ -247,6 +247,49 @@ def test_next_forward_formed_by_the_update_gives_the_same_bits(dtype, rule, thre
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flat_activation_and_label_delta_give_the_same_bits_as_row_by_row(dtype, threads):
+    """Elementwise activations over whole rows run as one pass over the block, and the output
+    delta for labels as scale * a everywhere then scale * (a - 1) at the label
+    (set_flat_activate). For every hidden activation, each output/cost pair (labels with
+    one and with several outputs, and one-hot targets), a last partial batch and a label no
+    row of a batch has: two epochs, predictions and the monitored cost give the very bits of
+    the row-by-row code, and equal the NumPy engine to rounding."""
+    from fastnn import _core
+    pairs = [("sigmoid", "cross-entropy", 4), ("softmax", "log-likelihood", 4),
+             ("sigmoid", "quadratic", 4), ("identity", "quadratic", 3), ("sigmoid", "cross-entropy", 1)]
+    old = (_core.set_flat_activate(True), fastnn.set_num_threads(threads))
+    try:
+        for hidden in ("sigmoid", "tanh", "relu", "identity"):
+            for output, cost, k in pairs:
+                X, y = make_data(53, 23, max(k, 2), seed=len(hidden) + k)
+                y = np.where(y == 1, 0, y) if k > 2 else y          # class 1 never appears
+                if k == 1:
+                    y = (y > 0).astype(np.int64)
+                target = y if output != "identity" else np.eye(k)[y % k]
+                results = []
+                for flat, engine in ((False, "cython"), (True, "cython"), (True, "numpy")):
+                    _core.set_flat_activate(flat)
+                    net = fastnn.Network([23, 11, k], hidden=hidden, output=output, cost=cost,
+                                         dtype=dtype, seed=7)
+                    hist = net.fit(X, target, epochs=2, batch_size=8,
+                                   optimizer=fastnn.SGD(eta=0.1, momentum=0.9), lmbda=0.3,
+                                   seed=5, engine=engine)
+                    results.append((net.params, net.feedforward(X), hist.train_cost[-1]))
+                case = f"{hidden} / {output} / {cost} / {k} outputs"
+                for a, b in zip(results[0], results[1]):
+                    np.testing.assert_array_equal(a, b, err_msg=case)
+                tol = 1e-10 if dtype == "float64" else 2e-3
+                assert max_rel(results[1][0], results[2][0], floor=1e-2) < tol, case
+                assert np.max(np.abs(results[1][0] - fastnn.Network(
+                    [23, 11, k], hidden=hidden, output=output, cost=cost, dtype=dtype,
+                    seed=7).params)) > 1e-3, case
+    finally:
+        _core.set_flat_activate(old[0])
+        fastnn.set_num_threads(old[1])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("rule", ["plain", "momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("batch_size", [3, 40])
 def test_fused_update_for_every_count_of_columns_past_the_last_vector(dtype, rule, batch_size):

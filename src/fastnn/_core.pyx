@@ -1119,6 +1119,42 @@ MAX_THREADS = FASTNN_POOL_MAX_THREADS
 
 # ---------------------------------------------------------------- forward
 
+# bias_activate takes an elementwise activation over whole rows as one flat pass over the
+# block (the same operations on each element as row by row, so the same bits: the vector
+# exp computes every lane alike, its masked tail included)
+cdef bint flat_activate = True
+
+
+def set_flat_activate(bint on):
+    """Apply elementwise activations over whole-row blocks in one pass (the default) or row
+    by row; returns the old value. Both give the same bits. For tests and benchmarks."""
+    global flat_activate
+    old = flat_activate
+    flat_activate = on
+    return old
+
+
+cdef void activate_flat(int code, floating* z, Py_ssize_t count) noexcept nogil:
+    """z = f(z) elementwise over count contiguous values (f sigmoid, tanh, relu or identity)."""
+    cdef Py_ssize_t j
+    if code == ACT_SIGMOID:
+        if vector_exp:
+            for j in range(count):
+                z[j] = -z[j]
+            exp_inplace(z, count)
+            for j in range(count):
+                z[j] = 1 / (1 + z[j])
+        else:
+            for j in range(count):
+                z[j] = 1 / (1 + _exp(-z[j]))
+    elif code == ACT_TANH:
+        for j in range(count):
+            z[j] = _tanh(z[j])
+    elif code == ACT_RELU:
+        for j in range(count):
+            z[j] = 0 if z[j] < 0 else z[j]
+
+
 cdef void bias_activate(int code, floating* Z, const floating* b,
                         Py_ssize_t m, Py_ssize_t n, Py_ssize_t j0, Py_ssize_t j1,
                         floating* zout) noexcept nogil:
@@ -1128,6 +1164,18 @@ cdef void bias_activate(int code, floating* Z, const floating* b,
     cdef Py_ssize_t i, j
     cdef floating v, mx, s
     cdef floating* z
+    if flat_activate and j0 == 0 and j1 == n and code != ACT_SOFTMAX:
+        for i in range(m):
+            z = Z + i * n
+            if zout != NULL:
+                for j in range(n):
+                    z[j] = z[j] + b[j]
+                    zout[i * n + j] = z[j]
+            else:
+                for j in range(n):
+                    z[j] = z[j] + b[j]
+        activate_flat(code, Z, m * n)
+        return
     for i in range(m):
         z = Z + i * n
         if zout != NULL:
@@ -1245,6 +1293,17 @@ cdef void output_delta(const Net* net, floating* work, Py_ssize_t m,
     cdef floating* D = delta_ptr(net, work, m, L)
     cdef Py_ssize_t i, j, row
     cdef floating a, r, s
+    if flat_activate and Y == NULL and n > 1 and net.cost != COST_QUADRATIC:
+        # one-hot targets from the labels: scale * (a - 0) for every entry, then
+        # scale * (a - 1) at the label (the same bits as entry by entry)
+        for i in range(m * n):
+            D[i] = scale * A[i]
+        for i in range(m):
+            row = idx[i] if idx != NULL else i
+            j = labels[row]
+            if 0 <= j < n:
+                D[i * n + j] = scale * (A[i * n + j] - <floating>1)
+        return
     for i in range(m):
         row = idx[i] if idx != NULL else i
         if net.cost == COST_LOG_LIKELIHOOD and Y != NULL:
