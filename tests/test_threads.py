@@ -319,8 +319,10 @@ def test_phase_timing_accounts_the_training_steps():
 def test_region_timing_counts_every_region_and_its_tasks_without_changing_a_bit(
         split_everything):
     """The regions' profiling switch: off by default (nothing accumulates); on, each step of
-    a [37, 45, 23, 5] network counts one forward and one fused-update region per layer (its
-    delta regions for the layers above the first), each region at least one task, the tasks
+    a [37, 45, 23, 5] network counts one fused-update region per layer, one forward region
+    per layer below the output layer, one tail region (the output layer's forward and delta,
+    and the delta below it) and a delta region for the middle layer, each region at least one
+    task, the tasks
     split between the calling thread and the helper; the trained parameters are the same
     bits as with the switch off; region_times(reset=True) clears the counts."""
     fastnn.set_num_threads(2)
@@ -343,10 +345,12 @@ def test_region_timing_counts_every_region_and_its_tasks_without_changing_a_bit(
         np.testing.assert_array_equal(on, off)
         steps = 2 * 10  # 95 rows in batches of 10
         for layer in range(3):
-            assert times[("forward", layer)]["regions"] == steps
             assert times[("gradient+update", layer)]["regions"] == steps
-        for layer in (1, 2):
-            assert times[("delta", layer)]["regions"] == steps
+        for layer in (0, 1):
+            assert times[("forward", layer)]["regions"] == steps
+        assert times[("tail", 2)]["regions"] == steps
+        assert times[("delta", 1)]["regions"] == steps
+        assert ("forward", 2) not in times and ("delta", 2) not in times
         for key, t in times.items():
             assert t["caller_tasks"] + t["helper_tasks"] >= t["regions"], key
             assert min(t["wall_s"], t["caller_s"], t["helper_s"]) >= 0, key

@@ -247,6 +247,71 @@ def test_next_forward_formed_by_the_update_gives_the_same_bits(dtype, rule, thre
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_tail_region_gives_the_same_bits_as_the_separate_steps(dtype, threads):
+    """A step's output-layer forward, output delta and the delta below it run as one region
+    over blocks of 4 batch rows (set_fused_tail), here split at any size
+    (set_split_thresholds(0, 1)). Against the three separate steps: for each output/cost pair
+    (labels with one and several outputs, one-hot and multi-output targets), one and two
+    hidden layers, batches of 1, 6 and 21 rows with a last partial batch, every rule, the
+    running loss scikit-learn's facade reads and the monitored cost: the very bits, and the
+    NumPy engine to rounding. region_times shows the tail regions ran, split between tasks."""
+    from fastnn import _core
+    pairs = [("sigmoid", "cross-entropy", 4), ("softmax", "log-likelihood", 5),
+             ("sigmoid", "quadratic", 3), ("identity", "quadratic", 2), ("sigmoid", "cross-entropy", 1),
+             ("tanh", "quadratic", 3)]
+    old = (_core.set_fused_tail(True), fastnn.set_num_threads(threads),
+           _core.set_split_thresholds(0, 1), _core.set_region_timing(False))
+    try:
+        for sizes, hidden in (([29, 13], "relu"), ([29, 17, 9], ["tanh", "sigmoid"])):
+            for (output, cost, k), batch, rule in zip(pairs, [1, 6, 21, 6, 21, 6],
+                                                      ["momentum", "nesterov", "plain", "adam",
+                                                       "momentum", "nesterov"]):
+                X, y = make_data(47, sizes[0], max(k, 2), seed=k + batch)
+                X = X * 0.5
+                if k == 1:
+                    y = (y > 0).astype(np.int64)
+                target = y if output in ("sigmoid", "softmax") else np.sin(
+                    np.arange(47 * k).reshape(47, k) * 0.37).astype(dtype) * 0.5
+                results = []
+                for tail, engine in ((False, "cython"), (True, "cython"), (True, "numpy")):
+                    _core.set_fused_tail(tail)
+                    _core.set_region_timing(True)
+                    _core.region_times()
+                    net = fastnn.Network(sizes + [k], hidden=hidden, output=output, cost=cost,
+                                         dtype=dtype, seed=3)
+                    opt = (fastnn.Adam(eta=0.01) if rule == "adam" else
+                           fastnn.SGD(eta=0.05, momentum=0.0 if rule == "plain" else 0.9,
+                                      nesterov=rule == "nesterov"))
+                    hist = net.fit(X, target, epochs=2, batch_size=batch, optimizer=opt,
+                                   lmbda=0.2, seed=4, engine=engine)
+                    times = _core.region_times()
+                    _core.set_region_timing(False)
+                    tails = times.get(("tail", min(len(sizes) - 1, 3)), {})
+                    if tail and engine == "cython":
+                        steps = 2 * -(-47 // batch)
+                        assert tails.get("regions") == steps, (sizes, output, tails)
+                        if threads > 1 and batch > 4:
+                            assert tails["caller_tasks"] + tails["helper_tasks"] > steps
+                    else:
+                        assert not tails
+                    results.append((net.params, hist.train_cost))
+                case = f"{sizes} {output} / {cost} / {k} outputs, batch {batch}, {rule}"
+                np.testing.assert_array_equal(results[1][0], results[0][0], err_msg=case)
+                np.testing.assert_array_equal(results[1][1], results[0][1], err_msg=case)
+                tol = 1e-10 if dtype == "float64" else 2e-3
+                assert max_rel(results[1][0], results[2][0], floor=1e-2) < tol, case
+                assert np.max(np.abs(results[1][0] - fastnn.Network(
+                    sizes + [k], hidden=hidden, output=output, cost=cost, dtype=dtype,
+                    seed=3).params)) > 1e-3, case
+    finally:
+        _core.set_fused_tail(old[0])
+        fastnn.set_num_threads(old[1])
+        _core.set_split_thresholds(*old[2])
+        _core.set_region_timing(old[3])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_flat_activation_and_label_delta_give_the_same_bits_as_row_by_row(dtype, threads):
     """Elementwise activations over whole rows run as one pass over the block, and the output

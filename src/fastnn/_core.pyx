@@ -176,6 +176,8 @@ cdef enum:
     JOB_GRAD_UPDATE = 3  # W <- rule(W, D_{l+1}^T A): split as JOB_GRAD
     JOB_GATHER = 4       # copy the batch's rows X[idx[i]] into the workspace: by rows
     JOB_PREFETCH = 5     # every thread asks for the rows X[idx[i]] (one task per thread)
+    JOB_TAIL = 6         # the output layer's forward, the output delta and the delta below
+                         # it, for blocks of the batch's rows (see fused_tail)
     MAX_TASKS = 32      # FASTNN_POOL_MAX_TASKS
 
 # A region is split only when its product has at least par_min_macs
@@ -319,6 +321,7 @@ cdef struct Job:
     const Py_ssize_t* idx
     const void* Y           # prefetch: the targets (or labels when Y is NULL)
     const Py_ssize_t* labels
+    double scale            # tail: the output delta's factor (1/m of the mean)
     const SparseInput* sp   # layer 0's products skip the input's zeros (see SparseInput)
     char* tn_scratch        # the fused kernel's packed operands: tn_scratch_bytes per task
     Py_ssize_t tn_scratch_bytes
@@ -376,6 +379,7 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.idx = NULL
     job.Y = NULL
     job.labels = NULL
+    job.scale = 1
     job.sp = NULL
     job.tn_scratch = NULL
     job.tn_scratch_bytes = 0
@@ -437,6 +441,12 @@ cdef int run_job(Job* job) noexcept nogil:
         job.by_cols = n_in > m
         job.split = n_in if job.by_cols else m
         job.unit = 8 if job.by_cols else 1
+    elif job.kind == JOB_TAIL:
+        # whole 4-row blocks of the batch (see forward_rows_any_blocks); two products
+        job.by_cols = False
+        job.split = m
+        job.unit = 4
+        macs = 2 * m * n_in * n_out
     else:
         # Each task owns a fixed block of W (and of its velocity), so each thread keeps it
         # in its own cache from step to step. The fused kernel takes blocks of W's rows for
@@ -746,13 +756,13 @@ cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
 # Python threads, hence the atomic adds.
 cdef enum:
     RT_LAYERS = 4
-    RT_KINDS = 6
+    RT_KINDS = 7
 cdef bint region_timing = False
 cdef Py_ssize_t rt_regions[RT_KINDS * RT_LAYERS]
 cdef Py_ssize_t rt_wall_ns[RT_KINDS * RT_LAYERS]
 cdef Py_ssize_t rt_tasks[2][RT_KINDS * RT_LAYERS]
 cdef Py_ssize_t rt_task_ns[2][RT_KINDS * RT_LAYERS]
-RT_NAMES = ("forward", "delta", "gradient", "gradient+update", "gather", "prefetch")
+RT_NAMES = ("forward", "delta", "gradient", "gradient+update", "gather", "prefetch", "tail")
 
 
 cdef inline int rt_slot(const Job* job) noexcept nogil:
@@ -917,6 +927,27 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
                         Z + j0 * n_out, <int>n_out)
             bias_activate(net.acts[l], Z + j0 * n_out, b, nb, n_out, 0, n_out,
                           zout + j0 * n_out if zout != NULL else NULL)
+    elif job.kind == JOB_TAIL:
+        # rows j0..j1 of the output layer's A (and Z + b), of its delta and of the delta of
+        # the layer below (l >= 1): the same kernels on the same rows as the forward, output
+        # delta and delta regions (by rows) would run
+        Z = act_ptr(net, work, m, l + 1)
+        if job.keep_z:
+            zout = zout_ptr(net, work, m) + j0 * n_out
+        small_nt(Ar + j0, W, Z + j0 * n_out, nb, n_out, n_in, n_out)
+        bias_activate(net.acts[l], Z + j0 * n_out, b, nb, n_out, 0, n_out, zout)
+        output_delta_rows(net, work, m, j0, j1, <const floating*>job.Y, job.labels, job.idx,
+                          <floating>job.scale)
+        D = delta_ptr(net, work, m, l + 1)
+        Dl = delta_ptr(net, work, m, l)
+        Al = act_ptr(net, work, m, l)
+        if small_delta(net, l, m):
+            small_nn(D + j0 * n_out, n_out, W, n_in, Dl + j0 * n_in, n_in, nb, n_out, n_in)
+        else:
+            gemm_rm(NoTrans, NoTrans, <int>nb, <int>n_in, <int>n_out, <floating>1.0,
+                    D + j0 * n_out, <int>n_out, W, <int>n_in, <floating>0.0,
+                    Dl + j0 * n_in, <int>n_in)
+        times_derivative(net.acts[l - 1], Dl + j0 * n_in, Al + j0 * n_in, nb * n_in)
     elif job.kind == JOB_DELTA:
         # D_l (l >= 1) has n_in columns
         D = delta_ptr(net, work, m, l + 1)
@@ -1228,8 +1259,9 @@ cdef void bias_activate(int code, floating* Z, const floating* b,
 cdef void forward(const Net* net, const floating* params, const floating* A0,
                   const floating** rows, floating* work, Py_ssize_t m,
                   bint keep_z, const SparseInput* sp=NULL, bint have_a1=False,
-                  double* bal=NULL) noexcept nogil:
-    """A_1..A_L for the m input rows.
+                  double* bal=NULL, bint skip_last=False) noexcept nogil:
+    """A_1..A_L for the m input rows (A_1..A_{L-1} with ``skip_last``: the tail region
+    forms A_L; see fused_tail).
 
     The layers that ``small_layer`` accepts use the small-batch kernels,
     which read rows through pointers: ``rows`` holds ``m * (L + 1)`` slots,
@@ -1257,7 +1289,7 @@ cdef void forward(const Net* net, const floating* params, const floating* A0,
         Z = act_ptr(net, work, m, l + 1)
         for i in range(m):
             rows[(l + 1) * m + i] = Z + i * n_out
-        if l == 0 and have_a1:
+        if l == 0 and have_a1 or skip_last and l == net.L - 1:
             continue
         job.l = l
         job.small = small_layer(net, l, m, sizeof(floating))
@@ -1279,7 +1311,14 @@ cdef inline floating target(const floating* Y, const Py_ssize_t* labels,
 cdef void output_delta(const Net* net, floating* work, Py_ssize_t m,
                        const floating* Y, const Py_ssize_t* labels,
                        const Py_ssize_t* idx, floating scale) noexcept nogil:
-    """D_L = scale * dC0/dZ_L for each of the m rows.
+    """D_L = scale * dC0/dZ_L for each of the m rows (see output_delta_rows)."""
+    output_delta_rows(net, work, m, 0, m, Y, labels, idx, scale)
+
+
+cdef void output_delta_rows(const Net* net, floating* work, Py_ssize_t m, Py_ssize_t i0,
+                            Py_ssize_t i1, const floating* Y, const Py_ssize_t* labels,
+                            const Py_ssize_t* idx, floating scale) noexcept nogil:
+    """D_L = scale * dC0/dZ_L for the rows i0 <= i < i1 of the m.
 
     Row i of the batch is sample ``idx[i]`` (or i when idx is NULL) of Y or labels.
     Matching pairs (sigmoid + cross-entropy, softmax + log-likelihood) give
@@ -1296,15 +1335,15 @@ cdef void output_delta(const Net* net, floating* work, Py_ssize_t m,
     if flat_activate and Y == NULL and n > 1 and net.cost != COST_QUADRATIC:
         # one-hot targets from the labels: scale * (a - 0) for every entry, then
         # scale * (a - 1) at the label (the same bits as entry by entry)
-        for i in range(m * n):
+        for i in range(i0 * n, i1 * n):
             D[i] = scale * A[i]
-        for i in range(m):
+        for i in range(i0, i1):
             row = idx[i] if idx != NULL else i
             j = labels[row]
             if 0 <= j < n:
                 D[i * n + j] = scale * (A[i * n + j] - <floating>1)
         return
-    for i in range(m):
+    for i in range(i0, i1):
         row = idx[i] if idx != NULL else i
         if net.cost == COST_LOG_LIKELIHOOD and Y != NULL:
             # C0 = sum_j y_j (logsumexp(z) - z_j): dC0/dz = (sum_j y_j) a - y,
@@ -1897,7 +1936,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
                          Py_ssize_t next_m=0, const floating** next_rows=NULL,
                          Py_ssize_t next_fwd_m=0, floating* next_work=NULL,
                          bint* formed_a1=NULL, double* bal=NULL,
-                         bint sparse_delta=False) noexcept nogil:
+                         bint sparse_delta=False, bint top_delta_done=False) noexcept nogil:
     """Backward pass that updates each layer as soon as its delta is known.
 
     Going down from the output, layer l first propagates the delta with its
@@ -1917,7 +1956,8 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
     biases are therefore updated before the weights. ``bal`` holds the threads' speeds
     (see balance_blocks; NULL: equal blocks). With ``sparse_delta``, the fused update of a
     ReLU layer skips the batch rows whose delta is zero when at most fused_sparse_max of it
-    is non-zero (see set_fused_sparse).
+    is non-zero (see set_fused_sparse). With ``top_delta_done``, D_{L-1} is already in
+    place (the tail region formed it; see fused_tail).
     """
     cdef int l, t, bad = 0
     cdef double norm = 0
@@ -1944,7 +1984,7 @@ cdef int backward_update(const Net* net, floating* params, floating* grad,
         off = net.woff[l]
         D = delta_ptr(net, work, m, l + 1)
         job.l = l
-        if l > 0:
+        if l > 0 and not (top_delta_done and l == net.L - 1):
             job.kind = JOB_DELTA
             run_job(&job)
         gb = grad + off + nw
@@ -2483,6 +2523,29 @@ def set_fused_next_forward(bint on, Py_ssize_t min_rows=16):
     return old
 
 
+# A training step runs the output layer's forward product and activation, the output delta
+# and the delta of the layer below it as one region over blocks of the batch's rows (each
+# row's results only need that row), where the forward product runs in the small kernel, instead
+# of three steps that, below par_min_macs, each ran on one thread (C2: 5 + 1.5 + 5 us of a
+# 140 us step).
+cdef bint fused_tail = True
+
+
+def set_fused_tail(bint on):
+    """Run a step's output-layer forward, output delta and the delta below as one region
+    over the batch's rows (the default) or as the separate steps; returns the old value.
+    For tests and benchmarks."""
+    global fused_tail
+    old = fused_tail
+    fused_tail = on
+    return old
+
+
+cdef inline bint tail_fits(const Net* net, Py_ssize_t m, size_t itemsize) noexcept nogil:
+    """Whether a training step of m rows takes the tail region (see fused_tail)."""
+    return fused_tail and net.L >= 2 and small_layer(net, net.L - 1, m, itemsize)
+
+
 cdef bint next_forward_fits(const Net* net, Py_ssize_t m, size_t itemsize,
                             int mode) noexcept nogil:
     """Whether layer 0's fused update of m rows can form the next batch's A_1 (m rows too)
@@ -2561,7 +2624,8 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef char* tn_scratch = <char*>(((<size_t>&tn_buf[0]) + 63) // 64 * 64)
     cdef double loss = 0, l2_b, wn = 0
     cdef bint wn_known = False
-    cdef Job gather, ahead
+    cdef Job gather, ahead, tail
+    cdef bint use_tail
     cdef double tp = 0
     cdef double* bal = NULL
     if balance is not None:
@@ -2577,6 +2641,10 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
              <const void**>rows, False, NULL)
     gather.f32 = floating is float
     gather.X = <const void*>Xp
+    init_job(&tail, JOB_TAIL, &net, 0, <void*>&params[0], NULL, NULL, NULL, <void*>wk, NULL,
+             <const void**>rows, True, NULL)
+    tail.f32 = floating is float
+    tail.l = net.L - 1
     init_job(&ahead, JOB_PREFETCH, &net, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, False, NULL)
     ahead.f32 = floating is float
     ahead.X = <const void*>Xp
@@ -2608,7 +2676,17 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 run_job(&ahead)
             if phase_timing:
                 tp = tick(PHASE_GATHER, tp)
-            forward(&net, &params[0], wk, rows, wk, m, want_loss, NULL, have_a1, bal)
+            use_tail = tail_fits(&net, m, sizeof(floating))
+            forward(&net, &params[0], wk, rows, wk, m, want_loss, NULL, have_a1, bal, use_tail)
+            if use_tail:
+                # A_L and D_L, and D_{L-1} before any update
+                tail.m = m
+                tail.keep_z = want_loss
+                tail.scale = 1.0 / m
+                tail.Y = NULL if lperm != NULL else <const void*>Yp
+                tail.labels = lperm + (s - start) if lperm != NULL else NULL
+                tail.idx = NULL if lperm != NULL else pp + s
+                run_job(&tail)
             if phase_timing:
                 tp = tick(PHASE_FORWARD, tp)
             l2_b = l2 / m if l2_per_batch else l2
@@ -2628,7 +2706,9 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                     loss += 0.5 * l2_b * m * wn
             if phase_timing:
                 tp = tick(PHASE_LOSS, tp)
-            if lperm != NULL:
+            if use_tail:
+                pass
+            elif lperm != NULL:
                 output_delta(&net, wk, m, NULL, lperm + (s - start), NULL, <floating>(1.0 / m))
             else:
                 output_delta(&net, wk, m, Yp, NULL, pp + s, <floating>(1.0 / m))
@@ -2648,7 +2728,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                                   wk, m, &r, tn_scratch, tn_bytes,
                                   &wn if want_loss and l2 != 0 else NULL, Xp, pp + s + m,
                                   next_m if pf_fits else 0, nf_rows, nf_m, wk, &have_a1, bal,
-                                  True)
+                                  True, use_tail)
             if have_a1:
                 fastnn_count_add(&next_forward_count, 1)
             wn_known = want_loss and l2 != 0
