@@ -157,7 +157,77 @@ def test_evaluation_and_gradient_agree_across_thread_counts(split_everything, dt
         np.testing.assert_array_equal(net.loss_and_gradient(X, y, lmbda=0.3)[1], g)
         assert_close(out, out1, dtype, "outputs")
         assert_close(g, g1, dtype, "gradient")
-        assert abs(c - c1) <= 1e-12 * abs(c1) if dtype == "float64" else 1e-5 * abs(c1)
+        assert abs(c - c1) <= (1e-12 if dtype == "float64" else 1e-5) * abs(c1)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("output,cost,k", [("softmax", "log-likelihood", 5),
+                                           ("sigmoid", "cross-entropy", 5),
+                                           ("sigmoid", "cross-entropy", 1),
+                                           ("identity", "quadratic", 3)])
+def test_evaluation_in_chunks_for_the_small_kernels(dtype, output, cost, k):
+    """On more than one thread, evaluation cuts its rows into chunks the small forward kernels
+    take (set_eval_small_chunks; at most 256 rows), and forms each row's cost in a region over
+    the chunk's rows, added in row order after it. Loss (with L2), accuracy, the monitored
+    history and the outputs agree with BLAS's large chunks to rounding and with a NumPy
+    computation of the cost; region_times shows the chunks and the cost regions split in
+    tasks; on one thread the chunks stay large (the same bits either way)."""
+    rng = np.random.default_rng(7)
+    n = 1000
+    X = rng.random((n, 40)).astype(dtype)
+    y = rng.integers(0, max(k, 2), n)
+    target = y if output != "identity" else rng.normal(size=(n, k)).astype(dtype)
+    net = fastnn.Network([40, 19, k], hidden="tanh", output=output, cost=cost, dtype=dtype,
+                         seed=3)
+    old = (fastnn.get_num_threads(), _core.set_eval_small_chunks(True),
+           _core.set_region_timing(False))
+    try:
+        fastnn.set_num_threads(2)
+        results = {}
+        base = net
+        for small in (True, False):
+            _core.set_eval_small_chunks(small)
+            _core.set_region_timing(True)
+            _core.region_times()
+            net = base.copy()
+            hist = net.fit(X[:10], target[:10], epochs=1, batch_size=10,
+                           optimizer=fastnn.SGD(eta=1e-9), validation_data=(X, target), lmbda=0.4,
+                           monitor_training=False)
+            times = _core.region_times()
+            _core.set_region_timing(False)
+            results[small] = (net.loss(X, target, lmbda=0.4), net.evaluate(X, target)["accuracy"]
+                              if output != "identity" else None, hist.val_cost[0],
+                              net.feedforward(X))
+            chunks = -(-n // 256) if small else 1
+            assert times[("forward", 0)]["regions"] == chunks + 1  # and the training step
+            assert times[("cost", 1)]["regions"] == chunks
+            cr = times[("cost", 1)]
+            assert cr["caller_tasks"] + cr["helper_tasks"] > chunks  # split in tasks
+        tol = 1e-12 if dtype == "float64" else 1e-5
+        (l1, a1, v1, o1), (l2, a2, v2, o2) = results[True], results[False]
+        assert abs(l1 - l2) <= tol * abs(l2) and abs(v1 - v2) <= tol * abs(v2)
+        assert a1 == a2
+        # the cost from the outputs, in NumPy
+        A = o2.astype(np.float64)
+        if cost == "log-likelihood":
+            c0 = -np.log(A[np.arange(n), y])
+        elif cost == "cross-entropy":
+            T = (y[:, None] == np.arange(k)) if k > 1 else y[:, None].astype(float)
+            c0 = -(T * np.log(A) + (1 - T) * np.log(1 - A)).sum(axis=1)
+        else:
+            c0 = 0.5 * ((A - target) ** 2).sum(axis=1)
+        l2norm = sum(float((W.astype(np.float64) ** 2).sum()) for W in net.weights)
+        assert l1 == pytest.approx(c0.mean() + 0.2 * l2norm / n, rel=1e-10 if dtype == "float64" else 1e-4)
+        fastnn.set_num_threads(1)
+        same = []
+        for small in (True, False):
+            _core.set_eval_small_chunks(small)
+            same.append(net.loss(X, target, lmbda=0.4))
+        assert same[0] == same[1]
+    finally:
+        fastnn.set_num_threads(old[0])
+        _core.set_eval_small_chunks(old[1])
+        _core.set_region_timing(old[2])
 
 
 def test_split_training_matches_the_numpy_reference(split_everything):

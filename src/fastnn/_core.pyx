@@ -178,6 +178,7 @@ cdef enum:
     JOB_PREFETCH = 5     # every thread asks for the rows X[idx[i]] (one task per thread)
     JOB_TAIL = 6         # the output layer's forward, the output delta and the delta below
                          # it, for blocks of the batch's rows (see fused_tail)
+    JOB_COST = 7         # evaluation: each row's C0 (and whether its class is right): by rows
     MAX_TASKS = 32      # FASTNN_POOL_MAX_TASKS
 
 # A region is split only when its product has at least par_min_macs
@@ -322,6 +323,10 @@ cdef struct Job:
     const void* Y           # prefetch: the targets (or labels when Y is NULL)
     const Py_ssize_t* labels
     double scale            # tail: the output delta's factor (1/m of the mean)
+    double* costs           # cost: each row's C0 (row i of the chunk at costs[i])
+    Py_ssize_t row0         # cost: the chunk's first row in Y / labels
+    bint want_hits          # cost: count the rows whose class is right (into hits)
+    Py_ssize_t hits[MAX_TASKS]
     const SparseInput* sp   # layer 0's products skip the input's zeros (see SparseInput)
     char* tn_scratch        # the fused kernel's packed operands: tn_scratch_bytes per task
     Py_ssize_t tn_scratch_bytes
@@ -380,6 +385,9 @@ cdef void init_job(Job* job, int kind, const Net* net, Py_ssize_t m, void* param
     job.Y = NULL
     job.labels = NULL
     job.scale = 1
+    job.costs = NULL
+    job.row0 = 0
+    job.want_hits = False
     job.sp = NULL
     job.tn_scratch = NULL
     job.tn_scratch_bytes = 0
@@ -441,6 +449,12 @@ cdef int run_job(Job* job) noexcept nogil:
         job.by_cols = n_in > m
         job.split = n_in if job.by_cols else m
         job.unit = 8 if job.by_cols else 1
+    elif job.kind == JOB_COST:
+        # an output's cost (an exp and a log, 40-50 ns) counted as 256 multiply-adds
+        job.by_cols = False
+        job.split = m
+        job.unit = 1
+        macs = m * net.sizes[net.L] * 256
     elif job.kind == JOB_TAIL:
         # whole 4-row blocks of the batch (see forward_rows_any_blocks); two products
         job.by_cols = False
@@ -756,13 +770,14 @@ cdef inline void task_range(const Job* job, int t, Py_ssize_t* j0,
 # Python threads, hence the atomic adds.
 cdef enum:
     RT_LAYERS = 4
-    RT_KINDS = 7
+    RT_KINDS = 8
 cdef bint region_timing = False
 cdef Py_ssize_t rt_regions[RT_KINDS * RT_LAYERS]
 cdef Py_ssize_t rt_wall_ns[RT_KINDS * RT_LAYERS]
 cdef Py_ssize_t rt_tasks[2][RT_KINDS * RT_LAYERS]
 cdef Py_ssize_t rt_task_ns[2][RT_KINDS * RT_LAYERS]
-RT_NAMES = ("forward", "delta", "gradient", "gradient+update", "gather", "prefetch", "tail")
+RT_NAMES = ("forward", "delta", "gradient", "gradient+update", "gather", "prefetch", "tail",
+            "cost")
 
 
 cdef inline int rt_slot(const Job* job) noexcept nogil:
@@ -897,6 +912,7 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     nb = j1 - j0
     job.bad[t] = 0
     job.wsq[t] = 0
+    job.hits[t] = 0
     if nb <= 0:
         return
     if job.kind == JOB_GATHER:
@@ -927,6 +943,17 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
                         Z + j0 * n_out, <int>n_out)
             bias_activate(net.acts[l], Z + j0 * n_out, b, nb, n_out, 0, n_out,
                           zout + j0 * n_out if zout != NULL else NULL)
+    elif job.kind == JOB_COST:
+        Al = act_ptr(net, work, m, net.L)
+        Z = zout_ptr(net, work, m)
+        n_out = net.sizes[net.L]
+        for i in range(j0, j1):
+            job.costs[i] = row_cost(net, Z + i * n_out, Al + i * n_out, <const floating*>job.Y,
+                                    job.labels, job.row0 + i)
+            if job.want_hits:
+                job.hits[t] += (row_class(Al + i * n_out, n_out)
+                                == true_class(<const floating*>job.Y, job.labels, job.row0 + i,
+                                              n_out))
     elif job.kind == JOB_TAIL:
         # rows j0..j1 of the output layer's A (and Z + b), of its delta and of the delta of
         # the layer below (l >= 1): the same kernels on the same rows as the forward, output
@@ -2193,6 +2220,19 @@ def feedforward(const int[::1] sizes, const int[::1] acts, int cost,
     return np.asarray(out)
 
 
+# evaluate takes chunks of rows the small forward kernels take where they apply
+cdef bint eval_small_chunks = True
+
+
+def set_eval_small_chunks(bint on):
+    """Let evaluate cut its rows into chunks for the small forward kernels (the default);
+    returns the old value. For tests and benchmarks."""
+    global eval_small_chunks
+    old = eval_small_chunks
+    eval_small_chunks = on
+    return old
+
+
 def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
              floating[::1] params, const floating[:, ::1] X,
              const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
@@ -2216,25 +2256,44 @@ def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
     cdef floating* A
     cdef floating* Z
     cdef floating scale = (1.0 / n) if n > 0 else 0.0
-    cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
-    cdef const floating** rows = <const floating**>&slots[0]
     cdef SparseInput spi
     cdef list keep = []
     cdef const SparseInput* sp = plan_sparse(&spi, &net, params, X, want_grad, keep)
+    if (not want_grad and sp == NULL and eval_small_chunks and fastnn_pool_get_threads() > 1
+            and small_max_rows > 0 and small_layer(&net, 0, min(chunk, small_max_rows), sizeof(floating))):
+        # the forward products in the small kernels (chunks of rows they take), split between
+        # the threads: BLAS, called per task on a few thousand rows, took 1.3-1.8x their time
+        # on 2 threads (50 000 rows of 784 inputs, layer 0 of C1, C2, C3: 55, 25, 67 ms
+        # against 83, 44, 85). On one thread of fastnn's BLAS runs its own threads and the
+        # chunks stay large.
+        chunk = min(chunk, small_max_rows)
+    cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
+    cdef const floating** rows = <const floating**>&slots[0]
+    cdef double[::1] costs = np.empty(max(1, min(chunk, n)), dtype=np.float64)
+    cdef Job cj
+    init_job(&cj, JOB_COST, &net, 0, <void*>&params[0], NULL, NULL, NULL, <void*>wk, NULL,
+             NULL, False, NULL)
+    cj.f32 = floating is float
+    cj.l = net.L - 1
+    cj.costs = &costs[0]
+    cj.Y = <const void*>Yp
+    cj.labels = lp
+    cj.want_hits = want_accuracy
     with nogil:
         s = 0
         while s < n:
             m = min(chunk, n - s)
             point_rows(rows, &X[0, 0], s, m, net.sizes[0])
             forward(&net, &params[0], &X[s, 0], rows, wk, m, True, sp)
-            A = act_ptr(&net, wk, m, net.L)
-            Z = zout_ptr(&net, wk, m)
+            # each row's cost in a region over the rows, added here in order (the sum does
+            # not depend on the threads)
+            cj.m = m
+            cj.row0 = s
+            run_job(&cj)
             for i in range(m):
-                total += row_cost(&net, Z + i * nL, A + i * nL,
-                                  Yp, lp, s + i)
-                if want_accuracy:
-                    correct += (row_class(A + i * nL, nL)
-                                == true_class(Yp, lp, s + i, nL))
+                total += costs[i]
+            for i in range(cj.ntasks):
+                correct += cj.hits[i]
             if want_grad:
                 output_delta(&net, wk, m,
                              Yp + s * nL if Yp != NULL else NULL,
