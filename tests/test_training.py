@@ -254,7 +254,8 @@ def test_tail_region_gives_the_same_bits_as_the_separate_steps(dtype, threads):
     (set_split_thresholds(0, 1)). Against the three separate steps: for each output/cost pair
     (labels with one and several outputs, one-hot and multi-output targets), one and two
     hidden layers, batches of 1, 6 and 21 rows with a last partial batch, every rule, the
-    running loss scikit-learn's facade reads and the monitored cost: the very bits, and the
+    running loss of an epoch (scikit-learn's loss_curve_, whose rows' costs the tail region
+    forms) and the monitored cost: the very bits, and the
     NumPy engine to rounding. region_times shows the tail regions ran, split between tasks."""
     from fastnn import _core
     pairs = [("sigmoid", "cross-entropy", 4), ("softmax", "log-likelihood", 5),
@@ -287,6 +288,16 @@ def test_tail_region_gives_the_same_bits_as_the_separate_steps(dtype, threads):
                                    lmbda=0.2, seed=4, engine=engine)
                     times = _core.region_times()
                     _core.set_region_timing(False)
+                    if engine == "cython":
+                        # the running loss of an epoch (scikit-learn's loss_curve_): its rows'
+                        # costs come out of the tail region
+                        from fastnn.training import Trainer
+                        tgt = (np.empty((0, k), dtype), y) if output != "identity" else (
+                            np.ascontiguousarray(target), np.empty(0, np.intp))
+                        tr = Trainer(net.copy(), X.astype(dtype), *tgt, batch_size=batch,
+                                     optimizer=fastnn.SGD(eta=0.05, momentum=0.9), lmbda=0.2,
+                                     l2_scale="batch")
+                        running = tr.run_epoch(np.arange(47)[::-1].copy(), want_loss=True)
                     tails = times.get(("tail", min(len(sizes) - 1, 3)), {})
                     if tail and engine == "cython":
                         steps = 2 * -(-47 // batch)
@@ -295,10 +306,11 @@ def test_tail_region_gives_the_same_bits_as_the_separate_steps(dtype, threads):
                             assert tails["caller_tasks"] + tails["helper_tasks"] > steps
                     else:
                         assert not tails
-                    results.append((net.params, hist.train_cost))
+                    results.append((net.params, hist.train_cost, running))
                 case = f"{sizes} {output} / {cost} / {k} outputs, batch {batch}, {rule}"
                 np.testing.assert_array_equal(results[1][0], results[0][0], err_msg=case)
                 np.testing.assert_array_equal(results[1][1], results[0][1], err_msg=case)
+                assert results[1][2] == results[0][2] and np.isfinite(results[1][2]), case
                 tol = 1e-10 if dtype == "float64" else 2e-3
                 assert max_rel(results[1][0], results[2][0], floor=1e-2) < tol, case
                 assert np.max(np.abs(results[1][0] - fastnn.Network(

@@ -884,6 +884,7 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
     cdef const floating* A = <const floating*>job.A0 if l == 0 else act_ptr(net, work, m, l)
     cdef const floating** Ar = (<const floating**>job.rows) + l * m if job.rows != NULL else NULL
     cdef floating* Z
+    cdef floating* Zl
     cdef floating* zout = NULL
     cdef floating* D
     cdef floating* Dl
@@ -963,6 +964,16 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
             zout = zout_ptr(net, work, m) + j0 * n_out
         small_nt(Ar + j0, W, Z + j0 * n_out, nb, n_out, n_in, n_out)
         bias_activate(net.acts[l], Z + j0 * n_out, b, nb, n_out, 0, n_out, zout)
+        if job.costs != NULL:
+            # and each row's C0 (for the running loss), added in row order after the region
+            Zl = zout_ptr(net, work, m)
+            for i in range(j0, j1):
+                if job.labels != NULL:
+                    job.costs[i] = row_cost(net, Zl + i * n_out, Z + i * n_out, NULL,
+                                            job.labels, i)
+                else:
+                    job.costs[i] = row_cost(net, Zl + i * n_out, Z + i * n_out,
+                                            <const floating*>job.Y, NULL, job.idx[i])
         output_delta_rows(net, work, m, j0, j1, <const floating*>job.Y, job.labels, job.idx,
                           <floating>job.scale)
         D = delta_ptr(net, work, m, l + 1)
@@ -2685,6 +2696,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
     cdef bint wn_known = False
     cdef Job gather, ahead, tail
     cdef bint use_tail
+    cdef double[::1] row_costs = np.empty(max(1, batch_size) if want_loss else 1, dtype=np.float64)
     cdef double tp = 0
     cdef double* bal = NULL
     if balance is not None:
@@ -2745,6 +2757,7 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 tail.Y = NULL if lperm != NULL else <const void*>Yp
                 tail.labels = lperm + (s - start) if lperm != NULL else NULL
                 tail.idx = NULL if lperm != NULL else pp + s
+                tail.costs = &row_costs[0] if want_loss else NULL
                 run_job(&tail)
             if phase_timing:
                 tp = tick(PHASE_FORWARD, tp)
@@ -2754,7 +2767,10 @@ def train_steps(const int[::1] sizes, const int[::1] acts, int cost,
                 Aout = act_ptr(&net, wk, m, net.L)
                 Zout = zout_ptr(&net, wk, m)
                 for i in range(m):
-                    if lperm != NULL:
+                    if use_tail:
+                        # (the tail region formed the rows' costs)
+                        loss += row_costs[i]
+                    elif lperm != NULL:
                         loss += row_cost(&net, Zout + i * nL, Aout + i * nL, NULL,
                                          lperm + (s - start), i)
                     else:
