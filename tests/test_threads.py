@@ -172,6 +172,8 @@ def test_evaluation_in_chunks_for_the_small_kernels(dtype, output, cost, k):
     history and the outputs agree with BLAS's large chunks to rounding and with a NumPy
     computation of the cost; region_times shows the chunks and the cost regions split in
     tasks; on one thread the chunks stay large (the same bits either way)."""
+    if not _core.SMALL_KERNELS_AVAILABLE:
+        pytest.skip("the small chunks are for the small kernels (AVX2 and FMA)")
     rng = np.random.default_rng(7)
     n = 1000
     X = rng.random((n, 40)).astype(dtype)
@@ -391,9 +393,9 @@ def test_region_timing_counts_every_region_and_its_tasks_without_changing_a_bit(
     """The regions' profiling switch: off by default (nothing accumulates); on, each step of
     a [37, 45, 23, 5] network counts one fused-update region per layer, one forward region
     per layer below the output layer, one tail region (the output layer's forward and delta,
-    and the delta below it) and a delta region for the middle layer, each region at least one
-    task, the tasks
-    split between the calling thread and the helper; the trained parameters are the same
+    and the delta below it; without the small kernels, its forward and delta regions) and a
+    delta region for the middle layer, each region at least one
+    task, the regions split in tasks; the trained parameters are the same
     bits as with the switch off; region_times(reset=True) clears the counts."""
     fastnn.set_num_threads(2)
     X, y = make_data(95, SIZES[0], SIZES[-1], seed=53)
@@ -418,15 +420,20 @@ def test_region_timing_counts_every_region_and_its_tasks_without_changing_a_bit(
             assert times[("gradient+update", layer)]["regions"] == steps
         for layer in (0, 1):
             assert times[("forward", layer)]["regions"] == steps
-        assert times[("tail", 2)]["regions"] == steps
         assert times[("delta", 1)]["regions"] == steps
-        assert ("forward", 2) not in times and ("delta", 2) not in times
+        if _core.SMALL_KERNELS_AVAILABLE:
+            assert times[("tail", 2)]["regions"] == steps
+            assert ("forward", 2) not in times and ("delta", 2) not in times
+        else:  # no tail region without the small kernels
+            assert times[("forward", 2)]["regions"] == times[("delta", 2)]["regions"] == steps
         for key, t in times.items():
             assert t["caller_tasks"] + t["helper_tasks"] >= t["regions"], key
             assert min(t["wall_s"], t["caller_s"], t["helper_s"]) >= 0, key
             assert t["caller_tasks"] > 0 and t["caller_s"] > 0, key
-        # every region split in two or more tasks: the helper ran some of them
-        assert sum(t["helper_tasks"] for t in times.values()) > 0
+        # the regions split in two or more tasks (which thread runs them is up to the pool:
+        # under load the caller may take them all before the helper wakes)
+        assert sum(t["caller_tasks"] + t["helper_tasks"] - t["regions"]
+                   for t in times.values()) > 0
         assert _core.region_times() == {}  # the previous call reset them
     finally:
         _core.set_region_timing(old)

@@ -456,10 +456,13 @@ cdef int run_job(Job* job) noexcept nogil:
         job.unit = 1
         macs = m * net.sizes[net.L] * 256
     elif job.kind == JOB_TAIL:
-        # whole 4-row blocks of the batch (see forward_rows_any_blocks); two products
+        # whole 4-row blocks of the batch where the forward kernel gives each row the same
+        # bits in any such block (float32; see forward_rows_any_blocks), else one task
+        # (float64: a block of at most nt_tiled_rows rows would take the k-tiled kernel); two
+        # products
         job.by_cols = False
         job.split = m
-        job.unit = 4
+        job.unit = 4 if nt_tiled_rows(job.f32) < 4 else max(m, 1)
         macs = 2 * m * n_in * n_out
     else:
         # Each task owns a fixed block of W (and of its velocity), so each thread keeps it
@@ -979,12 +982,8 @@ cdef void job_task(Job* job, int t, floating* dtype_tag) noexcept nogil:
         D = delta_ptr(net, work, m, l + 1)
         Dl = delta_ptr(net, work, m, l)
         Al = act_ptr(net, work, m, l)
-        if small_delta(net, l, m):
-            small_nn(D + j0 * n_out, n_out, W, n_in, Dl + j0 * n_in, n_in, nb, n_out, n_in)
-        else:
-            gemm_rm(NoTrans, NoTrans, <int>nb, <int>n_in, <int>n_out, <floating>1.0,
-                    D + j0 * n_out, <int>n_out, W, <int>n_in, <floating>0.0,
-                    Dl + j0 * n_in, <int>n_in)
+        # (tail_fits: small_nn, whose rows do not depend on the block)
+        small_nn(D + j0 * n_out, n_out, W, n_in, Dl + j0 * n_in, n_in, nb, n_out, n_in)
         times_derivative(net.acts[l - 1], Dl + j0 * n_in, Al + j0 * n_in, nb * n_in)
     elif job.kind == JOB_DELTA:
         # D_l (l >= 1) has n_in columns
@@ -1894,8 +1893,11 @@ cdef inline void small_nn(const floating* D, Py_ssize_t ldd, const floating* W, 
 # than BLAS, whose call costs more than such a product. Measured per epoch (the delta phase,
 # with its activation derivative): C1 (10 x 10 x 30, float64) 5-6 -> 3 ms and S2's net
 # (10 x 10 x 100) 4.8-6 -> 4.2-4.7 ms with small_nn; C2 (128 x 10 x 30) the same either way;
-# C3 (64 x 10 x 100) 4.2 ms with BLAS, 5.9 with small_nn.
-cdef Py_ssize_t small_delta_max_macs = 16384 if SMALL_KERNELS_AVAILABLE else -1
+# C3 (64 x 10 x 100) 4.2 ms with BLAS, 5.9 with small_nn, on one thread. The bound takes C2's
+# and C3's delta into the tail region (see fused_tail), which needs small_nn (its rows get
+# the same bits in any block of the batch; BLAS's do not): there, on 2 threads, C2's tail
+# took 16.2 us per step with small_nn against 19.0 with BLAS's delta, C3's 12.3 either way.
+cdef Py_ssize_t small_delta_max_macs = (1 << 17) if SMALL_KERNELS_AVAILABLE else -1
 
 
 def set_small_delta_max_macs(Py_ssize_t macs):
@@ -2253,7 +2255,9 @@ def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
     optionally ``grad = (1/n) sum_x dC0_x/dparams`` (overwritten).
 
     Targets come from ``Y`` (n, n_out) or, when Y has no rows, ``labels``.
-    Returns ``(cost_sum, n_correct)``.
+    Returns ``(cost_sum, n_correct)``. Without the gradient, on more than one thread, the
+    rows go in chunks of at most small_max_rows (see eval_small_chunks): the cost then
+    agrees with the one formed beside a gradient to rounding, not to the bit.
     """
     cdef Net net
     make_net(&net, sizes, acts, cost)
@@ -2595,9 +2599,9 @@ def set_fused_next_forward(bint on, Py_ssize_t min_rows=16):
 
 # A training step runs the output layer's forward product and activation, the output delta
 # and the delta of the layer below it as one region over blocks of the batch's rows (each
-# row's results only need that row), where the forward product runs in the small kernel, instead
-# of three steps that, below par_min_macs, each ran on one thread (C2: 5 + 1.5 + 5 us of a
-# 140 us step).
+# row's results only need that row, and get the same bits in any block), where both products
+# run in the small kernels, instead of three steps that, below par_min_macs, each ran on one
+# thread (C2: 5 + 1.5 + 5 us of a 140 us step).
 cdef bint fused_tail = True
 
 
@@ -2613,7 +2617,8 @@ def set_fused_tail(bint on):
 
 cdef inline bint tail_fits(const Net* net, Py_ssize_t m, size_t itemsize) noexcept nogil:
     """Whether a training step of m rows takes the tail region (see fused_tail)."""
-    return fused_tail and net.L >= 2 and small_layer(net, net.L - 1, m, itemsize)
+    return (fused_tail and net.L >= 2 and small_layer(net, net.L - 1, m, itemsize)
+            and small_delta(net, net.L - 1, m))
 
 
 cdef bint next_forward_fits(const Net* net, Py_ssize_t m, size_t itemsize,
