@@ -1194,8 +1194,9 @@ cdef bint flat_activate = True
 
 
 def set_flat_activate(bint on):
-    """Apply elementwise activations over whole-row blocks in one pass (the default) or row
-    by row; returns the old value. Both give the same bits. For tests and benchmarks."""
+    """Apply elementwise activations over whole-row blocks in one pass, and form the output
+    delta for labels as scale * a then scale * (a - 1) at the label (the default), or both
+    row by row; returns the old value. Both give the same bits. For tests and benchmarks."""
     global flat_activate
     old = flat_activate
     flat_activate = on
@@ -2268,18 +2269,17 @@ def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
     cdef const floating* Yp = opt_ptr2(Y)
     cdef const Py_ssize_t* lp = opt_labels(labels)
     cdef floating* wk = &work[0]
-    cdef floating* A
-    cdef floating* Z
     cdef floating scale = (1.0 / n) if n > 0 else 0.0
     cdef SparseInput spi
     cdef list keep = []
     cdef const SparseInput* sp = plan_sparse(&spi, &net, params, X, want_grad, keep)
     if (not want_grad and sp == NULL and eval_small_chunks and fastnn_pool_get_threads() > 1
-            and small_max_rows > 0 and small_layer(&net, 0, min(chunk, small_max_rows), sizeof(floating))):
+            and small_max_rows > 0
+            and small_layer(&net, 0, min(chunk, small_max_rows), sizeof(floating))):
         # the forward products in the small kernels (chunks of rows they take), split between
         # the threads: BLAS, called per task on a few thousand rows, took 1.3-1.8x their time
         # on 2 threads (50 000 rows of 784 inputs, layer 0 of C1, C2, C3: 55, 25, 67 ms
-        # against 83, 44, 85). On one thread of fastnn's BLAS runs its own threads and the
+        # against 83, 44, 85). On one thread of fastnn's, BLAS runs its own threads and the
         # chunks stay large.
         chunk = min(chunk, small_max_rows)
     cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
