@@ -166,8 +166,9 @@ def test_evaluation_and_gradient_agree_across_thread_counts(split_everything, dt
                                            ("sigmoid", "cross-entropy", 1),
                                            ("identity", "quadratic", 3)])
 def test_evaluation_in_chunks_for_the_small_kernels(dtype, output, cost, k):
-    """On more than one thread, evaluation cuts its rows into chunks the small forward kernels
-    take (set_eval_small_chunks; at most 256 rows), and forms each row's cost in a region over
+    """On more than one thread, evaluation and feedforward cut their rows into chunks the
+    small forward kernels take (set_eval_small_chunks; at most 256 rows), and evaluation
+    forms each row's cost in a region over
     the chunk's rows, added in row order after it. Loss (with L2), accuracy, the monitored
     history and the outputs agree with BLAS's large chunks to rounding and with a NumPy
     computation of the cost; region_times shows the chunks and the cost regions split in
@@ -202,6 +203,11 @@ def test_evaluation_in_chunks_for_the_small_kernels(dtype, output, cost, k):
                               net.feedforward(X))
             chunks = -(-n // 256) if small else 1
             assert times[("forward", 0)]["regions"] == chunks + 1  # and the training step
+            _core.set_region_timing(True)
+            _core.region_times()
+            net.feedforward(X)
+            assert _core.region_times()[("forward", 0)]["regions"] == chunks
+            _core.set_region_timing(False)
             assert times[("cost", 1)]["regions"] == chunks
             cr = times[("cost", 1)]
             assert cr["caller_tasks"] + cr["helper_tasks"] > chunks  # split in tasks
@@ -209,6 +215,7 @@ def test_evaluation_in_chunks_for_the_small_kernels(dtype, output, cost, k):
         (l1, a1, v1, o1), (l2, a2, v2, o2) = results[True], results[False]
         assert abs(l1 - l2) <= tol * abs(l2) and abs(v1 - v2) <= tol * abs(v2)
         assert a1 == a2
+        np.testing.assert_allclose(o1, o2, rtol=tol, atol=tol)   # feedforward's chunks too
         # the cost from the outputs, in NumPy
         A = o2.astype(np.float64)
         if cost == "log-likelihood":

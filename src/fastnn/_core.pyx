@@ -2206,6 +2206,34 @@ cdef void store_sparse_grad(const Net* net, const SparseInput* sp, floating* gra
             grad[o * n_in + j] = gt[j * sp.ldw + o]
 
 
+# feedforward and evaluate take chunks of rows the small forward kernels take where they apply
+cdef bint eval_small_chunks = True
+
+
+def set_eval_small_chunks(bint on):
+    """Let feedforward and evaluate cut their rows into chunks for the small forward kernels
+    (the default); returns the old value. For tests and benchmarks."""
+    global eval_small_chunks
+    old = eval_small_chunks
+    eval_small_chunks = on
+    return old
+
+
+cdef Py_ssize_t pass_chunk(const Net* net, Py_ssize_t chunk, size_t itemsize, bint want_grad,
+                           const SparseInput* sp) noexcept nogil:
+    """The rows per chunk of a pass over a data set (feedforward, evaluate) given the
+    workspace's ``chunk``: at most small_max_rows where, on more than one thread, the small
+    forward kernels then take layer 0 (without a gradient or a sparse input), whose tasks
+    split the chunk; BLAS, called per task on a few thousand rows, took 1.3-1.8x their time
+    on 2 threads (50 000 rows of 784 inputs, layer 0 of C1, C2, C3: 55, 25, 67 ms against 83,
+    44, 85). On one thread of fastnn's, BLAS runs its own threads and the chunks stay large."""
+    if (not want_grad and sp == NULL and eval_small_chunks and fastnn_pool_get_threads() > 1
+            and small_max_rows > 0
+            and small_layer(net, 0, min(chunk, small_max_rows), itemsize)):
+        return min(chunk, small_max_rows)
+    return chunk
+
+
 def feedforward(const int[::1] sizes, const int[::1] acts, int cost,
                 const floating[::1] params, const floating[:, ::1] X,
                 floating[:, ::1] out, floating[::1] work, Py_ssize_t chunk):
@@ -2217,11 +2245,12 @@ def feedforward(const int[::1] sizes, const int[::1] acts, int cost,
     make_net(&net, sizes, acts, cost)
     cdef Py_ssize_t n = X.shape[0], n0 = net.sizes[0], nL = net.sizes[net.L]
     cdef Py_ssize_t s, m
-    cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
-    cdef const floating** rows = <const floating**>&slots[0]
     cdef SparseInput spi
     cdef list keep = []
     cdef const SparseInput* sp = plan_sparse(&spi, &net, params, X, False, keep)
+    chunk = pass_chunk(&net, chunk, sizeof(floating), False, sp)
+    cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
+    cdef const floating** rows = <const floating**>&slots[0]
     with nogil:
         s = 0
         while s < n:
@@ -2234,19 +2263,6 @@ def feedforward(const int[::1] sizes, const int[::1] acts, int cost,
     return np.asarray(out)
 
 
-# evaluate takes chunks of rows the small forward kernels take where they apply
-cdef bint eval_small_chunks = True
-
-
-def set_eval_small_chunks(bint on):
-    """Let evaluate cut its rows into chunks for the small forward kernels (the default);
-    returns the old value. For tests and benchmarks."""
-    global eval_small_chunks
-    old = eval_small_chunks
-    eval_small_chunks = on
-    return old
-
-
 def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
              floating[::1] params, const floating[:, ::1] X,
              const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
@@ -2257,7 +2273,7 @@ def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
 
     Targets come from ``Y`` (n, n_out) or, when Y has no rows, ``labels``.
     Returns ``(cost_sum, n_correct)``. Without the gradient, on more than one thread, the
-    rows go in chunks of at most small_max_rows (see eval_small_chunks): the cost then
+    rows go in chunks of at most small_max_rows (see pass_chunk): the cost then
     agrees with the one formed beside a gradient to rounding, not to the bit.
     """
     cdef Net net
@@ -2273,15 +2289,7 @@ def evaluate(const int[::1] sizes, const int[::1] acts, int cost,
     cdef SparseInput spi
     cdef list keep = []
     cdef const SparseInput* sp = plan_sparse(&spi, &net, params, X, want_grad, keep)
-    if (not want_grad and sp == NULL and eval_small_chunks and fastnn_pool_get_threads() > 1
-            and small_max_rows > 0
-            and small_layer(&net, 0, min(chunk, small_max_rows), sizeof(floating))):
-        # the forward products in the small kernels (chunks of rows they take), split between
-        # the threads: BLAS, called per task on a few thousand rows, took 1.3-1.8x their time
-        # on 2 threads (50 000 rows of 784 inputs, layer 0 of C1, C2, C3: 55, 25, 67 ms
-        # against 83, 44, 85). On one thread of fastnn's, BLAS runs its own threads and the
-        # chunks stay large.
-        chunk = min(chunk, small_max_rows)
+    chunk = pass_chunk(&net, chunk, sizeof(floating), want_grad, sp)
     cdef Py_ssize_t[::1] slots = row_slots(&net, min(chunk, n))
     cdef const floating** rows = <const floating**>&slots[0]
     cdef double[::1] costs = np.empty(max(1, min(chunk, n)), dtype=np.float64)
