@@ -256,7 +256,8 @@ def test_tail_region_gives_the_same_bits_as_the_separate_steps(dtype, threads):
     hidden layers, batches of 1, 6 and 21 rows with a last partial batch, every rule, the
     running loss of an epoch (scikit-learn's loss_curve_, whose rows' costs the tail region
     forms) and the monitored cost: the very bits, and the
-    NumPy engine to rounding. region_times shows the tail regions ran, split between tasks.
+    NumPy engine to rounding. region_times shows the tail regions ran (float32's split in
+    tasks; float64's keep one, see run_job).
     With the default split: C2's layer widths on 50 inputs (batch 128, its delta of 38 400
     multiply-adds) and a float64 output layer of 300 inputs (more than one k-tile; batch 20)
     give the same bits on 1, 2 and 3 threads, and as the separate steps."""
